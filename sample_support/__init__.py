@@ -1,0 +1,64 @@
+"""Plumbing shared by the thread samples: settings, backend selection, the offline model, embedded servers.
+
+A sample opens its backends with `open_backends(...)`, which prints one banner line naming the
+model, Redis and scheduler in use, and runs its `main()` through `run_sample(...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from .config import SampleError, load_settings, run_sample, setting
+from .model import ModelBackend, select_model
+from .redis_backend import RedisBackend, select_redis
+from .scheduler import SchedulerBackend, select_scheduler
+
+__all__ = [
+    "Backends",
+    "ModelBackend",
+    "RedisBackend",
+    "SampleError",
+    "SchedulerBackend",
+    "load_settings",
+    "open_backends",
+    "run_sample",
+    "select_model",
+    "select_redis",
+    "select_scheduler",
+    "setting",
+]
+
+
+@dataclass
+class Backends:
+    """The model, Redis and scheduler one sample run uses (`None` where the sample needs none)."""
+
+    model: ModelBackend
+    redis: RedisBackend | None = None
+    scheduler: SchedulerBackend | None = None
+
+    def banner(self) -> str:
+        redis = self.redis.description if self.redis else "not used"
+        scheduler = self.scheduler.description if self.scheduler else "not used"
+        return f"Backends: model={self.model.description} | redis={redis} | scheduler={scheduler}"
+
+
+@asynccontextmanager
+async def open_backends(*, redis: bool = False, scheduler: bool = False) -> AsyncIterator[Backends]:
+    """Select (and check) the backends a sample needs, print the banner, stop embedded servers on exit."""
+    backends = Backends(model=select_model())
+    if redis:
+        backends.redis = select_redis()
+        await backends.redis.check()
+    if scheduler:
+        backends.scheduler = select_scheduler()
+    try:
+        if backends.scheduler and not backends.scheduler.embedded:
+            backends.scheduler.check()
+        print(backends.banner(), flush=True)
+        yield backends
+    finally:
+        if backends.scheduler:
+            backends.scheduler.stop()

@@ -1,0 +1,156 @@
+"""Shared fixtures: the offline model endpoint, fake and real Redis, the embedded scheduler, running a script.
+
+By default every test runs offline: the settings that select real services are removed from the
+environment and `.env` is ignored. `pytest --use-env` (or SAMPLES_TEST_USE_ENV=1) keeps them, so the
+same tests run against the OpenAI / Azure OpenAI model, the Redis (`REDIS_URL`) and the Durable Task
+Scheduler (`DTS_ENDPOINT`, `DTS_TASKHUB`) configured in the environment or `.env`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
+from sample_support.offline_model import OfflineModelServer, offline_model_server
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+SERVICE_SETTINGS = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_MODEL",
+    "AZURE_OPENAI_ENDPOINT",
+    "AZURE_OPENAI_API_KEY",
+    "AZURE_OPENAI_MODEL",
+    "REDIS_URL",
+    "DTS_ENDPOINT",
+    "DTS_TASKHUB",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--use-env",
+        action="store_true",
+        default=os.environ.get("SAMPLES_TEST_USE_ENV") == "1",
+        help="run against the services configured in the environment / .env instead of the embedded ones",
+    )
+
+
+def using_real_services(config: pytest.Config) -> bool:
+    return bool(config.getoption("--use-env"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_environment(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Offline by default: hide configured services and `.env` from the samples (see the module docstring)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if using_real_services(request.config):
+            load_settings()
+        else:
+            for name in SERVICE_SETTINGS:
+                patch.delenv(name, raising=False)
+        patch.setenv("SAMPLES_ENV_FILE", "")
+        yield
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def offline_model() -> OfflineModelServer:
+    """The process-wide offline model endpoint (the same one the samples' clients are pointed at)."""
+    return offline_model_server()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real Redis: `REDIS_URL` with --use-env, else a `redis-server` started here on a free loopback port."""
+    if using_real_services(request.config) and os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not on PATH (apt-get install redis-server); only the fakeredis variant ran")
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def redis_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> RedisBackend:
+    """Each Redis test runs twice: on fakeredis and on a real server. `REDIS_URL` is set to match,
+    so a sample's `main()` run inside the test uses the same Redis."""
+    if request.param == "fakeredis":
+        monkeypatch.delenv("REDIS_URL", raising=False)
+        return RedisBackend(None, fakeredis.FakeServer())
+    url = request.getfixturevalue("redis_server_url")
+    monkeypatch.setenv("REDIS_URL", url)
+    return RedisBackend(url)
+
+
+@pytest.fixture(scope="session")
+def scheduler() -> Iterator[SchedulerBackend]:
+    """The embedded scheduler over gRPC on a free loopback port (or DTS_ENDPOINT with --use-env)."""
+    backend = select_scheduler()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def scheduler_endpoint(scheduler: SchedulerBackend, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Points DTS_ENDPOINT at the shared scheduler, so samples and worker processes started by a test use it."""
+    endpoint = f"http://{scheduler.host_address}"
+    monkeypatch.setenv("DTS_ENDPOINT", endpoint)
+    monkeypatch.setenv("DTS_TASKHUB", scheduler.taskhub)
+    return endpoint
+
+
+ScriptRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_script() -> ScriptRunner:
+    """Runs `python <script> [args]` from the repository folder, as a reader would; returns the finished process."""
+
+    def run(
+        script: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, script, *args],
+            cwd=REPO_DIR,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
