@@ -1,8 +1,8 @@
 """Settings from the environment (and an optional `.env` file), and the one-line error path.
 
 Every sample calls `run_sample(main(...))`: a `SampleError` (a missing setting, an unreachable
-service, a corrupt saved session) is printed as one `error: ...` line and the process exits 1,
-without a traceback.
+service, a corrupt saved session) or a failing model service is printed as one `error: ...` line
+and the process exits 1, without a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from agent_framework.exceptions import ChatClientException
 from dotenv import load_dotenv
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -44,6 +45,16 @@ def run_sample(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     except SampleError as error:
         print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ChatClientException as error:
+        # A wrong key, an unknown model or an unreachable endpoint: the reader fixes a setting, not the code.
+        message = error.args[0] if error.args and isinstance(error.args[0], str) else type(error).__name__
+        detail = message.splitlines()[0][:300]
+        print(
+            f"error: the model service failed ({detail}): check OPENAI_API_KEY / OPENAI_MODEL / OPENAI_BASE_URL "
+            "or AZURE_OPENAI_ENDPOINT / AZURE_OPENAI_MODEL",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
