@@ -75,6 +75,16 @@ def offline_model() -> OfflineModelServer:
     return offline_model_server()
 
 
+@pytest.fixture(autouse=True)
+def no_model_rejections(request: pytest.FixtureRequest, offline_model: OfflineModelServer) -> Iterator[None]:
+    """Every test fails if the offline model answered a 400 during it (a sample sent a malformed request),
+    unless the test is marked `expects_model_rejections`."""
+    before = len(offline_model.rejections)
+    yield
+    if request.node.get_closest_marker("expects_model_rejections") is None:
+        assert offline_model.rejections[before:] == [], "the offline model rejected a request"
+
+
 @pytest.fixture(scope="session")
 def redis_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A real Redis: `REDIS_URL` with --use-env, else a `redis-server` started here on a free loopback port."""
