@@ -1,7 +1,7 @@
 """Settings from the environment (and an optional `.env` file), and the one-line error path.
 
 Every sample calls `run_sample(main(...))`: a `SampleError` (a missing setting, an unreachable
-service, a corrupt saved session) or a failing model service is printed as one `error: ...` line
+service, a corrupt saved session), a failing model service or Redis is printed as one `error: ...` line
 and the process exits 1, without a traceback.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from agent_framework.exceptions import ChatClientException
 from dotenv import load_dotenv
+from redis.exceptions import RedisError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Tests point this at an empty value so a developer's own `.env` cannot change what they run against.
@@ -55,6 +56,10 @@ def run_sample(main: Coroutine[Any, Any, None]) -> None:
             "or AZURE_OPENAI_ENDPOINT / AZURE_OPENAI_MODEL",
             file=sys.stderr,
         )
+        raise SystemExit(1) from None
+    except RedisError as error:
+        # The start-up check passed, so Redis went away (or refused a command) during the run.
+        print(f"error: Redis failed during the run ({error}): check REDIS_URL and the server", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
