@@ -35,20 +35,30 @@ __all__ = [
 class Backends:
     """The model, Redis and scheduler one sample run uses (`None` where the sample needs none)."""
 
-    model: ModelBackend
+    selected_model: ModelBackend | None = None
     redis: RedisBackend | None = None
     scheduler: SchedulerBackend | None = None
 
+    @property
+    def model(self) -> ModelBackend:
+        if self.selected_model is None:
+            raise RuntimeError("this process opened its backends with model=False")
+        return self.selected_model
+
     def banner(self) -> str:
+        model = self.selected_model.description if self.selected_model else "not used in this process"
         redis = self.redis.description if self.redis else "not used"
         scheduler = self.scheduler.description if self.scheduler else "not used"
-        return f"Backends: model={self.model.description} | redis={redis} | scheduler={scheduler}"
+        return f"Backends: model={model} | redis={redis} | scheduler={scheduler}"
 
 
 @asynccontextmanager
-async def open_backends(*, redis: bool = False, scheduler: bool = False) -> AsyncIterator[Backends]:
-    """Select (and check) the backends a sample needs, print the banner, stop embedded servers on exit."""
-    backends = Backends(model=select_model())
+async def open_backends(*, model: bool = True, redis: bool = False, scheduler: bool = False) -> AsyncIterator[Backends]:
+    """Select (and check) the backends a sample needs, print the banner, stop embedded servers on exit.
+
+    `model=False` is for a process that never calls the model itself (e.g. a Durable Task client whose
+    worker runs the agent)."""
+    backends = Backends(selected_model=select_model() if model else None)
     if redis:
         backends.redis = select_redis()
         await backends.redis.check()

@@ -53,8 +53,8 @@ def durabletask_logger(name: str) -> logging.Logger:
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
-        handler.addFilter(_HarmlessShutdownNoise())
         logger.addHandler(handler)
+        logger.addFilter(_HarmlessShutdownNoise())
         logger.setLevel(logging.WARNING)
         logger.propagate = False
     return logger
