@@ -138,7 +138,7 @@ def scheduler() -> Iterator[SchedulerBackend]:
 @pytest.fixture
 def scheduler_endpoint(scheduler: SchedulerBackend, monkeypatch: pytest.MonkeyPatch) -> str:
     """Points DTS_ENDPOINT at the shared scheduler, so samples and worker processes started by a test use it."""
-    endpoint = f"http://{scheduler.host_address}"
+    endpoint = f"{'https' if scheduler.secure_channel else 'http'}://{scheduler.host_address}"
     monkeypatch.setenv("DTS_ENDPOINT", endpoint)
     monkeypatch.setenv("DTS_TASKHUB", scheduler.taskhub)
     return endpoint

@@ -41,7 +41,7 @@ Example = Callable[[Backends, redis.Redis], Awaitable[StoredThreads]]
 
 @pytest.fixture
 def backends(redis_backend: RedisBackend, offline_model: OfflineModelServer) -> Backends:
-    return Backends(model=select_model(), redis=redis_backend)
+    return Backends(selected_model=select_model(), redis=redis_backend)
 
 
 async def stored(client: redis.Redis, store: RedisChatMessageStore, session_id: str) -> list[Message]:
@@ -298,7 +298,7 @@ def test_bad_saved_session_is_a_one_line_error(
     case: str, offline_model: OfflineModelServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text, expected = BAD_SESSIONS[case]
-    backends = Backends(model=select_model())
+    backends = Backends(selected_model=select_model())
 
     async def restore() -> None:
         client = RedisBackend(None, fakeredis.FakeServer()).new_client()
