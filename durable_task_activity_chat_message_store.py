@@ -66,8 +66,8 @@ from durable_task_chat_message_store import (
     payload_bytes,
     reject,
 )
-from sample_support import ModelBackend, SampleError, SchedulerBackend, open_backends, run_sample, setting
-from sample_support.durable_worker import serve_until_stopped, wait_for_custom_status
+from sample_support import ModelBackend, SchedulerBackend, open_backends, run_sample
+from sample_support.durable_worker import require_shared_scheduler, serve_until_stopped, wait_for_custom_status
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -300,11 +300,8 @@ async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int) -> 
 
 
 async def main(role: str = "all", every: int = WRITES_PER_GENERATION) -> None:
-    if role != "all" and not setting("DTS_ENDPOINT"):
-        raise SampleError(
-            f"--role {role} needs DTS_ENDPOINT (an embedded scheduler would live only in this process): run "
-            "`python -m sample_support.scheduler --port 8080` and `export DTS_ENDPOINT=http://localhost:8080`"
-        )
+    if role != "all":
+        require_shared_scheduler(role)
     # The store's worker never calls the model: only the process running the agents needs one.
     async with open_backends(model=role != "worker", scheduler=True) as backends:
         assert backends.scheduler is not None
@@ -314,8 +311,7 @@ async def main(role: str = "all", every: int = WRITES_PER_GENERATION) -> None:
         worker = backends.scheduler.worker()
         DurableTaskActivityChatMessageStore.register(worker)
         if role == "worker":
-            await serve_until_stopped(worker, ready_message="Worker ready; Ctrl+C (or SIGTERM) stops it cleanly.")
-            print("Worker stopped.")
+            await serve_until_stopped(worker)
             return
         worker.start()
         try:

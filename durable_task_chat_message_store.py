@@ -52,8 +52,8 @@ from durabletask import task
 from durabletask.client import TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
-from sample_support import ModelBackend, SampleError, SchedulerBackend, open_backends, run_sample, setting
-from sample_support.durable_worker import ENDED, serve_until_stopped, wait_for_custom_status
+from sample_support import ModelBackend, SampleError, SchedulerBackend, open_backends, run_sample
+from sample_support.durable_worker import ENDED, require_shared_scheduler, serve_until_stopped, wait_for_custom_status
 
 APPEND_EVENT = "append_messages"
 WRITES_PER_GENERATION = 4  # continue-as-new after this many writes (small, so the demo shows it)
@@ -424,11 +424,8 @@ async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int, bud
 
 
 async def main(role: str = "all", every: int = WRITES_PER_GENERATION, budget: int = HISTORY_BUDGET_BYTES) -> None:
-    if role != "all" and not setting("DTS_ENDPOINT"):
-        raise SampleError(
-            f"--role {role} needs DTS_ENDPOINT (an embedded scheduler would live only in this process): run "
-            "`python -m sample_support.scheduler --port 8080` and `export DTS_ENDPOINT=http://localhost:8080`"
-        )
+    if role != "all":
+        require_shared_scheduler(role)
     # The store's worker never calls the model: only the process running the agents needs one.
     async with open_backends(model=role != "worker", scheduler=True) as backends:
         assert backends.scheduler is not None
@@ -438,8 +435,7 @@ async def main(role: str = "all", every: int = WRITES_PER_GENERATION, budget: in
         worker = backends.scheduler.worker()
         DurableTaskChatMessageStore.register(worker)
         if role == "worker":
-            await serve_until_stopped(worker, ready_message="Worker ready; Ctrl+C (or SIGTERM) stops it cleanly.")
-            print("Worker stopped.")
+            await serve_until_stopped(worker)
             return
         worker.start()
         try:

@@ -26,7 +26,7 @@ Run it:
     python durable_task_orchestrated_thread.py --role client [--thread ID] [--say TEXT ...]
 
 `--role worker` and `--role client` talk to DTS_ENDPOINT, for example the embedded scheduler as its own
-process: `python -m sample_support.scheduler --port 8080`, then `export DTS_ENDPOINT=http://localhost:8080`
+process: `python -m sample_support.serve_scheduler --port 8080`, then `export DTS_ENDPOINT=http://localhost:8080`
 in the worker's and the client's terminals. Run the client twice: the second run continues the same thread.
 
 Prerequisites: none. With nothing configured it uses a deterministic offline model served on a loopback
@@ -55,8 +55,14 @@ from durabletask import task
 from durabletask.client import TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
-from sample_support import ModelBackend, SampleError, SchedulerBackend, open_backends, run_sample, setting
-from sample_support.durable_worker import ENDED, StatusTimeout, serve_until_stopped, wait_for_custom_status
+from sample_support import ModelBackend, SampleError, SchedulerBackend, open_backends, run_sample
+from sample_support.durable_worker import (
+    ENDED,
+    StatusTimeout,
+    require_shared_scheduler,
+    serve_until_stopped,
+    wait_for_custom_status,
+)
 
 INSTRUCTIONS = "You are a friendly assistant. Answer briefly."
 USER_TURN = "user_turn"  # the external event that carries one user turn
@@ -400,14 +406,6 @@ async def client_role(scheduler: SchedulerBackend, thread_id: str, messages: lis
         client.close()
 
 
-def require_configured_scheduler(role: str) -> None:
-    if not setting("DTS_ENDPOINT"):
-        raise SampleError(
-            f"--role {role} needs DTS_ENDPOINT (an embedded scheduler would live only in this process): run "
-            "`python -m sample_support.scheduler --port 8080` and `export DTS_ENDPOINT=http://localhost:8080`"
-        )
-
-
 async def main(
     role: str = "all",
     thread_id: str = "orchestrated-thread",
@@ -416,14 +414,13 @@ async def main(
     session_budget: int = SESSION_BUDGET_BYTES,
 ) -> None:
     if role != "all":
-        require_configured_scheduler(role)
+        require_shared_scheduler(role)
     # A client process only raises events and reads custom status: the worker's model writes the replies.
     async with open_backends(model=role != "client", scheduler=True) as backends:
         assert backends.scheduler is not None
         if role == "worker":
             worker = new_worker(backends.scheduler, backends.model)
-            await serve_until_stopped(worker, ready_message="Worker ready; Ctrl+C (or SIGTERM) stops it cleanly.")
-            print("Worker stopped.")
+            await serve_until_stopped(worker)
         elif role == "client":
             await client_role(backends.scheduler, thread_id, messages or [], every)
         else:

@@ -1,5 +1,7 @@
 """Plumbing for the Durable Task samples: run a worker until it is told to stop, wait on custom status.
 
+- `require_shared_scheduler(role)` stops a `--role worker` / `--role client` process that has no
+  DTS_ENDPOINT to share with the other role.
 - `serve_until_stopped(worker)` starts a worker and keeps it running until SIGTERM or SIGINT (Ctrl+C), then
   stops it cleanly: `worker.stop()` lets a running activity finish and delivers its result, so stopping a
   worker between deployments loses no work.
@@ -18,7 +20,7 @@ from typing import Any
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
-from .config import SampleError
+from .config import SampleError, setting
 
 ENDED = (OrchestrationStatus.COMPLETED, OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
 
@@ -27,7 +29,18 @@ class StatusTimeout(SampleError):
     """The custom status did not reach the awaited state in time (the orchestration may still get there)."""
 
 
-async def serve_until_stopped(worker: TaskHubGrpcWorker, *, ready_message: str) -> None:
+def require_shared_scheduler(role: str) -> None:
+    """`--role worker` and `--role client` run in separate processes, so they need a scheduler both can reach."""
+    if not setting("DTS_ENDPOINT"):
+        raise SampleError(
+            f"--role {role} needs DTS_ENDPOINT (an embedded scheduler would live only in this process): run "
+            "`python -m sample_support.serve_scheduler --port 8080` and `export DTS_ENDPOINT=http://localhost:8080`"
+        )
+
+
+async def serve_until_stopped(
+    worker: TaskHubGrpcWorker, *, ready_message: str = "Worker ready; Ctrl+C (or SIGTERM) stops it cleanly."
+) -> None:
     """Start `worker`, print `ready_message`, and run until SIGTERM or SIGINT; then stop the worker cleanly."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -43,6 +56,7 @@ async def serve_until_stopped(worker: TaskHubGrpcWorker, *, ready_message: str) 
         for signal_number in signals:
             loop.remove_signal_handler(signal_number)
         await asyncio.to_thread(worker.stop)
+        print("Worker stopped.", flush=True)
 
 
 async def wait_for_custom_status(

@@ -6,18 +6,14 @@
   loopback port. The samples connect to it with the same `DurableTaskSchedulerClient` /
   `DurableTaskSchedulerWorker` classes they would use against Azure.
 
-`python -m sample_support.scheduler --port 8080` runs the embedded scheduler as its own process, so
+`python -m sample_support.serve_scheduler --port 8080` runs the embedded scheduler as its own process, so
 a worker and a client can run in separate terminals the way they would against the emulator.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
-import signal
 import socket
-import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +28,7 @@ from durabletask.testing import InMemoryOrchestrationBackend
 from .config import SampleError, load_settings, setting
 
 START_SCHEDULER_HINT = (
-    "start one with `python -m sample_support.scheduler --port 8080` (or the DTS emulator), "
+    "start one with `python -m sample_support.serve_scheduler --port 8080` (or the DTS emulator), "
     "or unset DTS_ENDPOINT to use the embedded scheduler"
 )
 
@@ -150,24 +146,3 @@ def select_scheduler() -> SchedulerBackend:
         return SchedulerBackend(address, taskhub, secure_channel=False)
     embedded = start_embedded_scheduler()
     return SchedulerBackend(f"127.0.0.1:{embedded.port}", taskhub, secure_channel=False, embedded=embedded)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the embedded Durable Task scheduler on a loopback port.")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080, like the emulator)")
-    args = parser.parse_args()
-    try:
-        backend = start_embedded_scheduler(args.port)
-    except SampleError as error:
-        raise SystemExit(f"error: {error}") from None
-    print(f"Embedded Durable Task scheduler listening on 127.0.0.1:{backend.port}.", flush=True)
-    print(f"In other terminals: export DTS_ENDPOINT=http://localhost:{backend.port}; Ctrl+C stops it.", flush=True)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stopped.wait()
-    backend.stop(grace=0.5)
-
-
-if __name__ == "__main__":
-    main()
