@@ -1,0 +1,242 @@
+"""durable_task_multi_agent_thread.py: each agent runs only its own tools, one history shared by both, concurrent
+turns stored whole with nothing lost and in the scheduler's order, and the demo with its worker in another process."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from agent_framework import AgentSession
+from durabletask.client import TaskHubGrpcClient
+from durabletask.history import EventRaisedEvent
+
+import durable_task_multi_agent_thread as sample
+from durable_task_activity_chat_message_store import DurableTaskActivityChatMessageStore
+from durable_task_chat_message_store import APPEND_EVENT
+from durable_task_multi_agent_thread import PLANNER, RESEARCHER, ROLES
+from sample_support import SchedulerBackend, select_model
+from sample_support.offline_model import OfflineModelServer
+from tests.conftest import ScriptRunner
+from tests.test_durable_task_chat_message_store import start_worker_process, stop_worker_process
+
+SCRIPT = "durable_task_multi_agent_thread.py"
+OWNER = {tool.name: name for name, (_, tools) in ROLES.items() for tool in tools}
+ToolRuns = list[tuple[str, dict[str, Any]]]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def client(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcClient]:
+    client = scheduler.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def worker(scheduler: SchedulerBackend) -> Iterator[None]:
+    worker = scheduler.worker()
+    DurableTaskActivityChatMessageStore.register(worker)
+    worker.start()
+    yield
+    worker.stop()
+
+
+@pytest.fixture
+def tool_runs(monkeypatch: pytest.MonkeyPatch) -> ToolRuns:
+    """(tool name, arguments) of every call of the sample's Python tool functions, in order."""
+    runs: ToolRuns = []
+    for each in {tool.name: tool for _, tools in ROLES.values() for tool in tools}.values():
+        original = each.func
+        assert original is not None
+
+        @functools.wraps(original)
+        def recording(*args: Any, _name: str = each.name, _original: Any = original, **kwargs: Any) -> Any:
+            runs.append((_name, kwargs))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(each, "func", recording)
+    return runs
+
+
+def test_the_calculator_tool_does_arithmetic_and_never_evaluates_code() -> None:
+    assert sample.calculate.func("(12 + 3) * 7 / -2") == "-52.5"
+    assert sample.calculate.func("__import__('os').getcwd()").startswith("cannot calculate")
+    assert sample.calculate.func("1 / 0").startswith("cannot calculate")
+
+
+@pytest.mark.usefixtures("worker")
+class TestTwoAgentsOnOneThread:
+    @pytest.mark.timeout(60)
+    def test_each_agent_runs_only_its_own_tools_and_both_answer_from_one_history(
+        self, client: TaskHubGrpcClient, offline_model: OfflineModelServer, tool_runs: ToolRuns
+    ) -> None:
+        thread_id, control_id = unique("own-tools"), unique("control")
+        emitted_before = len(offline_model.tool_calls_emitted())
+
+        async def scenario() -> None:
+            store = DurableTaskActivityChatMessageStore(client)
+            team = sample.new_team(select_model(), store)
+
+            async def turn(name: str, text: str, runs: ToolRuns, thread: str = thread_id) -> str:
+                before = len(tool_runs)
+                response = await team.agents[name].run(text, session=AgentSession(session_id=thread))
+                assert tool_runs[before:] == runs, f"{name} answering {text!r}"
+                return response.text
+
+            await turn(RESEARCHER, "My name is Alice.", [])
+            weather = await turn(
+                RESEARCHER, "What's the weather in Seattle?", [("get_weather", {"location": "Seattle"})]
+            )
+            assert "sunny, 18 degrees Celsius (sample data for Seattle)" in weather
+            calc_by_researcher = await turn(RESEARCHER, "What is 12 * 7?", [])
+            assert "I don't have a tool to do calculations" in calc_by_researcher and "84" not in calc_by_researcher
+            calc = await turn(PLANNER, "What is 12 * 7?", [("calculate", {"expression": "12 * 7"})])
+            assert "84" in calc
+            weather_by_planner = await turn(PLANNER, "What's the weather in Paris?", [])
+            assert "I don't have a tool to check the weather" in weather_by_planner
+            money = await turn(
+                PLANNER,
+                "Convert 100 USD to EUR.",
+                [("convert_currency", {"amount": 100, "from_currency": "USD", "to_currency": "EUR"})],
+            )
+            assert "92.00 EUR" in money
+            assert await turn(PLANNER, "What is my name?", []) == "Your name is Alice."  # told to the Researcher
+            assert "Alice" not in await turn(PLANNER, "What is my name?", [], thread=control_id)
+
+            records = await store.get_records(thread_id)
+            # 3 tool turns of 4 messages (user, call, result, answer) and 4 plain turns of 2
+            assert [record.metadata["sequence"] for record in records] == list(range(1, 21))
+            assert [sample.author_of(turn) for turn in sample.turns(records)] == [RESEARCHER] * 3 + [PLANNER] * 4
+            calls = {
+                content.call_id: content.name
+                for record in records
+                for content in record.message.contents
+                if content.type == "function_call"
+            }
+            assert sorted(calls.values()) == ["calculate", "convert_currency", "get_weather"]
+            for record in records:  # the scheduler's records say which agent called and ran each tool
+                for content in record.message.contents:
+                    if content.type in ("function_call", "function_result"):
+                        assert record.metadata["author"] == OWNER[calls[content.call_id]]
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            for each in (thread_id, control_id):
+                client.terminate_orchestration(f"activity-chat-history-{each}", recursive=False)
+        # The model never asked for a tool it was not offered: every call it emitted was run, by its owner.
+        assert offline_model.tool_calls_emitted()[emitted_before:] == tool_runs
+
+    @pytest.mark.timeout(60)
+    def test_concurrent_turns_are_stored_whole_in_arrival_order_and_neither_sees_the_other(
+        self, client: TaskHubGrpcClient, tool_runs: ToolRuns
+    ) -> None:
+        thread_id = unique("together")
+        # Every write in one orchestration run, so the scheduler's event log holds all of them.
+        store = DurableTaskActivityChatMessageStore(client, writes_per_generation=16, history_budget_bytes=60_000)
+        rounds = [
+            {RESEARCHER: "What time is it in Tokyo?", PLANNER: "Convert 100 USD to EUR."},
+            {RESEARCHER: "What is my favorite color?", PLANNER: "My favorite color is blue."},
+            {RESEARCHER: "What's the weather in Seattle?", PLANNER: "What is 12 * 7?"},
+        ]
+        asked: list[tuple[str, str, str]] = []  # (agent, question, answer)
+
+        async def scenario() -> None:
+            team = sample.new_team(select_model(), store)
+            await sample.ask(team, thread_id, RESEARCHER, "My name is Alice.")
+            for questions in rounds:
+                before = len(await store.get_records(thread_id))
+                answers = await sample.ask_together(team, thread_id, questions)
+                assert team.loaded.started_from == {RESEARCHER: before, PLANNER: before}
+                asked.extend((name, text, answers[name]) for name, text in questions.items())
+            # Told to the Planner while the Researcher was answering: not seen then, seen on the next turn.
+            answered = {(name, text): answer for name, text, answer in asked}
+            assert answered[RESEARCHER, "What is my favorite color?"].startswith("I don't know your favorite color")
+            recall = await team.agents[RESEARCHER].run(
+                "What is my favorite color?", session=AgentSession(session_id=thread_id)
+            )
+            assert recall.text == "Your favorite color is blue."
+
+        asyncio.run(scenario())
+        assert sorted(name for name, _ in tool_runs) == ["calculate", "convert_currency", "get_time", "get_weather"]
+
+        records = asyncio.run(store.get_records(thread_id))
+        turns = sample.turns(records)
+        # Nothing lost: 1 + 6 + 1 turns; 4 of them ran a tool (user, call, result, answer), 4 did not.
+        assert len(records) == 4 * 4 + 4 * 2
+        assert [record.metadata["sequence"] for record in records] == list(range(1, len(records) + 1))
+        assert len(turns) == len({record.metadata["write_id"] for record in records}) == 8  # no turn interleaved
+        concurrent = turns[1:7]
+        stored = {(sample.author_of(turn), turn[0].message.text): turn for turn in concurrent}
+        assert len(stored) == 6
+        for name, question, answer in asked:
+            turn = stored[(name, question)]
+            assert turn[0].metadata["role"] == "user" and turn[-1].message.text == answer
+            assert {record.metadata["author"] for record in turn[1:]} == {name}
+        for pair in (concurrent[0:2], concurrent[2:4], concurrent[4:6]):  # each round stored before the next began
+            assert {sample.author_of(turn) for turn in pair} == {RESEARCHER, PLANNER}
+
+        # The records' order is the order the append events reached the orchestration (its event log).
+        events = client.get_orchestration_history(store.instance_id(thread_id))
+        arrivals = [
+            json.loads(event.input)["write_id"]
+            for event in events
+            if isinstance(event, EventRaisedEvent) and event.name == APPEND_EVENT and event.input
+        ]
+        assert arrivals == [turn[0].metadata["write_id"] for turn in turns]
+        client.terminate_orchestration(store.instance_id(thread_id), recursive=False)
+
+
+@pytest.mark.timeout(90)
+def test_the_demo_with_its_worker_in_a_separate_process(
+    scheduler_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    worker = start_worker_process(SCRIPT)
+    try:
+        asyncio.run(sample.main(role="client"))
+    finally:
+        stop_worker_process(worker)
+    output = capsys.readouterr().out
+    worker_line = next(line for line in output.splitlines() if line.startswith("Stored through the enrich activity"))
+    assert worker_line.endswith(f":{worker.pid}")  # every write went through the activity in the worker process
+    assert "Agent (Planner): Your name is Alice." in output.split("== 3.")[0]
+
+
+@pytest.mark.timeout(90)
+def test_the_script_runs_as_a_user_would(run_script: ScriptRunner) -> None:
+    result = run_script(SCRIPT, timeout=80)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    out = result.stdout
+    assert out.startswith("Backends: model=offline model")
+    taking_turns = out.split("== 2.")[1].split("== 3.")[0]
+    assert "Agent (Researcher): The weather in Seattle: sunny" in taking_turns
+    assert "Agent (Researcher): I don't have a tool to do calculations like 12 * 7" in taking_turns
+    assert "Agent (Planner): 12 * 7 = 84." in taking_turns
+    assert "Agent (Planner): I don't have a tool to check the weather in Paris" in taking_turns
+    assert "Agent (Planner): Your name is Alice." in taking_turns
+    together = out.split("== 3.")[1].split("== 4.")[0]
+    assert "[Researcher started from 16 stored messages]" in together
+    assert "[Planner started from 16 stored messages]" in together
+    assert "The thread held 16 messages before and holds 24 now." in together
+    stored_order = [line.split(" by ")[1].split(",")[0] for line in together.splitlines() if line.startswith("    seq")]
+    assert sorted(stored_order) == [PLANNER, RESEARCHER]
+    assert "[started from 24 stored messages;" in together
+    held = out.split("== 4.")[1]
+    table = held.split("Tool calls by author")[0].splitlines()[2:]
+    assert [int(line.split()[0]) for line in table] == list(range(1, 27))
+    assert '    Researcher: get_weather({"location": "Seattle"}), get_time({"location": "Tokyo"})' in held
+    assert '    Planner: calculate({"expression": "12 * 7"}), convert_currency(' in held
+    authors = Counter(line.split()[2] for line in table)
+    assert authors == {"user": 9, RESEARCHER: 9, PLANNER: 8}
+    assert f"Messages by author: {dict(authors)}" in held  # the orchestrator's running totals agree with its records
+    assert "Ended the demo's thread orchestration" in out
