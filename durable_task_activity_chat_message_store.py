@@ -42,7 +42,6 @@ Redis (REDIS_URL) is not used here.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import uuid
@@ -66,8 +65,8 @@ from durable_task_chat_message_store import (
     payload_bytes,
     reject,
 )
-from sample_support import ModelBackend, SchedulerBackend, open_backends, run_sample
-from sample_support.durable_worker import require_shared_scheduler, serve_until_stopped, wait_for_custom_status
+from sample_support import ModelBackend, SchedulerBackend, run_sample
+from sample_support.durable_worker import run_store_sample, wait_for_custom_status
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -168,6 +167,7 @@ class DurableTaskActivityChatMessageStore(DurableTaskChatMessageStore):
     instance_prefix: ClassVar[str] = "activity-chat-history-"
     orchestrator: ClassVar[str] = "activity_chat_history_orchestrator"
     copies_per_write: ClassVar[int] = 3
+    worker_command: ClassVar[str] = "python durable_task_activity_chat_message_store.py --role worker"
 
     @classmethod
     def register(cls, worker: TaskHubGrpcWorker) -> None:
@@ -300,24 +300,12 @@ async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int) -> 
 
 
 async def main(role: str = "all", every: int = WRITES_PER_GENERATION) -> None:
-    if role != "all":
-        require_shared_scheduler(role)
     # The store's worker never calls the model: only the process running the agents needs one.
-    async with open_backends(model=role != "worker", scheduler=True) as backends:
-        assert backends.scheduler is not None
-        if role == "client":
-            await demo(backends.scheduler, backends.model, every)
-            return
-        worker = backends.scheduler.worker()
-        DurableTaskActivityChatMessageStore.register(worker)
-        if role == "worker":
-            await serve_until_stopped(worker)
-            return
-        worker.start()
-        try:
-            await demo(backends.scheduler, backends.model, every)
-        finally:
-            await asyncio.to_thread(worker.stop)
+    await run_store_sample(
+        role,
+        register=DurableTaskActivityChatMessageStore.register,
+        demo=lambda scheduler, model: demo(scheduler, model, every),
+    )
 
 
 # endregion

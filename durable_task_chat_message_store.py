@@ -52,8 +52,8 @@ from durabletask import task
 from durabletask.client import TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
-from sample_support import ModelBackend, SampleError, SchedulerBackend, open_backends, run_sample
-from sample_support.durable_worker import ENDED, require_shared_scheduler, serve_until_stopped, wait_for_custom_status
+from sample_support import ModelBackend, SampleError, SchedulerBackend, run_sample
+from sample_support.durable_worker import ENDED, run_store_sample, wait_for_custom_status
 
 APPEND_EVENT = "append_messages"
 WRITES_PER_GENERATION = 4  # continue-as-new after this many writes (small, so the demo shows it)
@@ -64,7 +64,6 @@ REMEMBERED_WRITE_IDS = 200  # a retry of one of the last 200 writes is recognise
 READ_TIMEOUT_SECONDS = 30.0
 READ_POLL_SECONDS = 0.01  # a write is usually visible within ~15 ms; each poll reads the whole status
 SMALL_BUDGET = 1_200  # the trimming demo's budget: about two exchanges
-START_WORKER_HINT = "python durable_task_chat_message_store.py --role worker"
 
 
 class HistoryTooLarge(SampleError):
@@ -183,6 +182,7 @@ class DurableTaskChatMessageStore(HistoryProvider):
     # write since the last continue-as-new, each this many times (here the event; with an activity also its
     # input and result). One more budget covers the counters and write ids published next to the history.
     copies_per_write: ClassVar[int] = 1
+    worker_command: ClassVar[str] = "python durable_task_chat_message_store.py --role worker"
 
     def __init__(
         self,
@@ -292,7 +292,7 @@ class DurableTaskChatMessageStore(HistoryProvider):
             visible,
             timeout=self.read_timeout,
             poll_interval=self.read_poll_interval,
-            hint=f": is a worker with the store's orchestrator running? ({START_WORKER_HINT})",
+            hint=f": is a worker running with {self.orchestrator} registered? (e.g. {self.worker_command})",
         )
         unconfirmed -= awaited
         refused = [entry for entry in status["rejected"] if entry["write_id"] in awaited]
@@ -424,24 +424,12 @@ async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int, bud
 
 
 async def main(role: str = "all", every: int = WRITES_PER_GENERATION, budget: int = HISTORY_BUDGET_BYTES) -> None:
-    if role != "all":
-        require_shared_scheduler(role)
     # The store's worker never calls the model: only the process running the agents needs one.
-    async with open_backends(model=role != "worker", scheduler=True) as backends:
-        assert backends.scheduler is not None
-        if role == "client":
-            await demo(backends.scheduler, backends.model, every, budget)
-            return
-        worker = backends.scheduler.worker()
-        DurableTaskChatMessageStore.register(worker)
-        if role == "worker":
-            await serve_until_stopped(worker)
-            return
-        worker.start()
-        try:
-            await demo(backends.scheduler, backends.model, every, budget)
-        finally:
-            await asyncio.to_thread(worker.stop)
+    await run_store_sample(
+        role,
+        register=DurableTaskChatMessageStore.register,
+        demo=lambda scheduler, model: demo(scheduler, model, every, budget),
+    )
 
 
 if __name__ == "__main__":

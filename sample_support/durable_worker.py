@@ -2,6 +2,7 @@
 
 - `require_shared_scheduler(role)` stops a `--role worker` / `--role client` process that has no
   DTS_ENDPOINT to share with the other role.
+- `run_store_sample(role, register=..., demo=...)` runs a store sample as `--role all`, `worker` or `client`.
 - `serve_until_stopped(worker)` starts a worker and keeps it running until SIGTERM or SIGINT (Ctrl+C), then
   stops it cleanly: `worker.stop()` lets a running activity finish and delivers its result, so stopping a
   worker between deployments loses no work.
@@ -14,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
+from . import open_backends
 from .config import SampleError, setting
+from .model import ModelBackend
+from .scheduler import SchedulerBackend
 
 ENDED = (OrchestrationStatus.COMPLETED, OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
 
@@ -57,6 +61,36 @@ async def serve_until_stopped(
             loop.remove_signal_handler(signal_number)
         await asyncio.to_thread(worker.stop)
         print("Worker stopped.", flush=True)
+
+
+async def run_store_sample(
+    role: str,
+    *,
+    register: Callable[[TaskHubGrpcWorker], None],
+    demo: Callable[[SchedulerBackend, ModelBackend], Awaitable[None]],
+) -> None:
+    """Run a sample whose worker hosts only a chat message store's orchestration (the agents run in the demo).
+
+    `--role all`: a worker and the demo in this process; `--role worker`: only the worker, until stopped;
+    `--role client`: only the demo, against the worker of another process. The worker never calls the model.
+    """
+    if role != "all":
+        require_shared_scheduler(role)
+    async with open_backends(model=role != "worker", scheduler=True) as backends:
+        assert backends.scheduler is not None
+        if role == "client":
+            await demo(backends.scheduler, backends.model)
+            return
+        worker = backends.scheduler.worker()
+        register(worker)
+        if role == "worker":
+            await serve_until_stopped(worker)
+            return
+        worker.start()
+        try:
+            await demo(backends.scheduler, backends.model)
+        finally:
+            await asyncio.to_thread(worker.stop)
 
 
 async def wait_for_custom_status(
