@@ -1,9 +1,10 @@
 """Shared fixtures: the offline model endpoint, fake and real Redis, the embedded scheduler, running a script.
 
 By default every test runs offline: the settings that select real services are removed from the
-environment and `.env` is ignored. `pytest --use-env` (or SAMPLES_TEST_USE_ENV=1) keeps them, so the
-same tests run against the OpenAI / Azure OpenAI model, the Redis (`REDIS_URL`) and the Durable Task
-Scheduler (`DTS_ENDPOINT`, `DTS_TASKHUB`) configured in the environment or `.env`.
+environment and `.env` is ignored. `pytest --use-env` (or SAMPLES_TEST_USE_ENV=1) keeps the Redis
+(`REDIS_URL`) and the Durable Task Scheduler (`DTS_ENDPOINT`, `DTS_TASKHUB`) configured in the
+environment or `.env`, so the same tests run against them. The model stays the offline one either way:
+the tests assert on its exact, deterministic replies, which a real model's wording would not match.
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ from sample_support import RedisBackend, SchedulerBackend, load_settings, select
 from sample_support.offline_model import OfflineModelServer, offline_model_server
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-SERVICE_SETTINGS = (
+MODEL_SETTINGS = (
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "OPENAI_MODEL",
     "AZURE_OPENAI_ENDPOINT",
     "AZURE_OPENAI_API_KEY",
     "AZURE_OPENAI_MODEL",
-    "REDIS_URL",
-    "DTS_ENDPOINT",
-    "DTS_TASKHUB",
 )
+SERVICE_SETTINGS = ("REDIS_URL", "DTS_ENDPOINT", "DTS_TASKHUB")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,11 +55,29 @@ def service_environment(request: pytest.FixtureRequest) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         if using_real_services(request.config):
             load_settings()
-        else:
-            for name in SERVICE_SETTINGS:
-                patch.delenv(name, raising=False)
+        hidden = MODEL_SETTINGS if using_real_services(request.config) else MODEL_SETTINGS + SERVICE_SETTINGS
+        for name in hidden:
+            patch.delenv(name, raising=False)
         patch.setenv("SAMPLES_ENV_FILE", "")
         yield
+
+
+@pytest.fixture
+def no_service_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests about the defaults themselves: no REDIS_URL / DTS_ENDPOINT, even with --use-env."""
+    for name in SERVICE_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def expected_banner(*, redis: bool = False, scheduler: bool = False) -> list[str]:
+    """The parts of a sample's `Backends:` line that the environment of this test run implies."""
+    parts = ["Backends: model=offline model at http://127.0.0.1:"]
+    if redis:
+        parts.append("redis=Redis at " if os.environ.get("REDIS_URL") else "redis=fakeredis (in-process)")
+    if scheduler:
+        configured = os.environ.get("DTS_ENDPOINT")
+        parts.append("scheduler=Durable Task Scheduler at " if configured else "scheduler=embedded Durable Task")
+    return parts
 
 
 def free_port() -> int:

@@ -33,7 +33,7 @@ from redis_chat_message_store_thread import (
 )
 from sample_support import Backends, RedisBackend, run_sample, select_model
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner, free_port
+from tests.conftest import ScriptRunner, expected_banner, free_port
 
 SCRIPT = "redis_chat_message_store_thread.py"
 Example = Callable[[Backends, redis.Redis], Awaitable[StoredThreads]]
@@ -376,7 +376,7 @@ def test_script_runs_as_a_user_would(run_script: ScriptRunner) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Backends: model=offline model at http://127.0.0.1:") and "redis=fakeredis" in lines[0]
+    assert all(part in lines[0] for part in expected_banner(redis=True))
     for expected in (
         "Agent: Your name is Alice.",
         "Messages in Redis: 4",

@@ -50,7 +50,9 @@ def test_azure_without_key_uses_an_entra_id_credential(monkeypatch: pytest.Monke
     assert select_model().client_kwargs()["api_key"] == "key"
 
 
-def test_env_file_is_read_but_the_environment_wins(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_file_is_read_but_the_environment_wins(
+    no_service_settings: None, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text(
         "REDIS_URL=redis://from-dotenv:6379\nDTS_ENDPOINT=http://localhost:1\nDTS_TASKHUB=from-dotenv\n"
@@ -64,7 +66,7 @@ def test_env_file_is_read_but_the_environment_wins(tmp_path, monkeypatch: pytest
     assert (scheduler.host_address, scheduler.taskhub, scheduler.embedded) == ("localhost:1", "from-environment", None)
 
 
-def test_fakeredis_clients_of_one_backend_share_data() -> None:
+def test_fakeredis_clients_of_one_backend_share_data(no_service_settings: None) -> None:
     async def scenario() -> list[str]:
         backend = select_redis()
         first, second = backend.new_client(), backend.new_client()
@@ -84,6 +86,7 @@ def test_real_redis_is_used_and_reachable(redis_server_url: str) -> None:
         client = backend.new_client()
         await client.set("support-test", "real")
         value = await client.get("support-test")
+        await client.delete("support-test")
         await client.aclose()
         return value
 
@@ -120,7 +123,7 @@ def test_unreachable_scheduler_is_one_line_naming_dts_endpoint(monkeypatch: pyte
     assert error.startswith("error: cannot reach the Durable Task Scheduler at DTS_ENDPOINT=localhost:")
 
 
-def test_banner_names_all_three_backends(capsys) -> None:
+def test_banner_names_all_three_backends(no_service_settings: None, capsys) -> None:
     async def main() -> None:
         async with open_backends(redis=True, scheduler=True) as backends:
             assert backends.scheduler is not None and backends.scheduler.embedded is not None
