@@ -10,11 +10,8 @@ the tests assert on its exact, deterministic replies, which a real model's wordi
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import pytest
 
 from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
 from sample_support.offline_model import OfflineModelServer, offline_model_server
+from sample_support.redis_backend import local_redis_server
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 MODEL_SETTINGS = (
@@ -80,12 +78,6 @@ def expected_banner(*, redis: bool = False, scheduler: bool = False) -> list[str
     return parts
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def offline_model() -> OfflineModelServer:
     """The process-wide offline model endpoint (the same one the samples' clients are pointed at)."""
@@ -108,28 +100,10 @@ def redis_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if using_real_services(request.config) and os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not on PATH (apt-get install redis-server); only the fakeredis variant ran")
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(timeout=10)
+    with local_redis_server() as url:
+        if url is None:
+            pytest.skip("redis-server is not on PATH (apt-get install redis-server); only the fakeredis variant ran")
+        yield url
 
 
 @pytest.fixture(params=["fakeredis", "redis-server"])

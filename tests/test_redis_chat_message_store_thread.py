@@ -33,7 +33,8 @@ from redis_chat_message_store_thread import (
 )
 from sample_support import Backends, RedisBackend, run_sample, select_model
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner, expected_banner, free_port
+from sample_support.redis_backend import free_loopback_port
+from tests.conftest import ScriptRunner, expected_banner
 
 SCRIPT = "redis_chat_message_store_thread.py"
 Example = Callable[[Backends, redis.Redis], Awaitable[StoredThreads]]
@@ -358,7 +359,7 @@ def test_hostile_session_ids_stay_inside_their_scope(redis_backend: RedisBackend
 def test_unreachable_redis_is_one_line_naming_redis_url(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    url = f"redis://127.0.0.1:{free_loopback_port()}/0"  # nothing listens there
     monkeypatch.setenv("REDIS_URL", url)
     with pytest.raises(SystemExit) as exit_info:
         run_sample(main())

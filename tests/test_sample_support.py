@@ -21,7 +21,8 @@ from sample_support import (
     select_redis,
     select_scheduler,
 )
-from tests.conftest import REPO_DIR, ScriptRunner, free_port
+from sample_support.redis_backend import free_loopback_port
+from tests.conftest import REPO_DIR, ScriptRunner
 
 
 def test_offline_model_is_selected_without_configuration(offline_model: object) -> None:
@@ -94,7 +95,7 @@ def test_real_redis_is_used_and_reachable(redis_server_url: str) -> None:
 
 
 def test_unreachable_redis_is_one_line_naming_redis_url(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setenv("REDIS_URL", f"redis://:secret@127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("REDIS_URL", f"redis://:secret@127.0.0.1:{free_loopback_port()}/0")
 
     async def main() -> None:
         async with open_backends(redis=True):
@@ -110,7 +111,7 @@ def test_unreachable_redis_is_one_line_naming_redis_url(monkeypatch: pytest.Monk
 
 
 def test_unreachable_scheduler_is_one_line_naming_dts_endpoint(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setenv("DTS_ENDPOINT", f"http://localhost:{free_port()}")
+    monkeypatch.setenv("DTS_ENDPOINT", f"http://localhost:{free_loopback_port()}")
 
     async def main() -> None:
         async with open_backends(scheduler=True):
@@ -165,7 +166,7 @@ def test_orchestration_round_trip_with_the_worker_in_another_process(
 
 @pytest.mark.timeout(30)
 def test_embedded_scheduler_runs_as_its_own_process(run_script: ScriptRunner) -> None:
-    port = free_port()
+    port = free_loopback_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "sample_support.serve_scheduler", "--port", str(port)],
         cwd=REPO_DIR,
