@@ -21,6 +21,16 @@ from redis.exceptions import RedisError
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Tests point this at an empty value so a developer's own `.env` cannot change what they run against.
 ENV_FILE_VARIABLE = "SAMPLES_ENV_FILE"
+# Every setting that moves a sample off its embedded default (documented in .env.example).
+MODEL_SETTINGS = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_MODEL",
+    "AZURE_OPENAI_ENDPOINT",
+    "AZURE_OPENAI_API_KEY",
+    "AZURE_OPENAI_MODEL",
+)
+SERVICE_SETTINGS = ("REDIS_URL", "DTS_ENDPOINT", "DTS_TASKHUB")
 
 
 class SampleError(Exception):

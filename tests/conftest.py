@@ -19,19 +19,11 @@ import fakeredis
 import pytest
 
 from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
+from sample_support.config import MODEL_SETTINGS, SERVICE_SETTINGS
 from sample_support.offline_model import OfflineModelServer, offline_model_server
 from sample_support.redis_backend import local_redis_server
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-MODEL_SETTINGS = (
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "OPENAI_MODEL",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_OPENAI_API_KEY",
-    "AZURE_OPENAI_MODEL",
-)
-SERVICE_SETTINGS = ("REDIS_URL", "DTS_ENDPOINT", "DTS_TASKHUB")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
