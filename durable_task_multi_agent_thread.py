@@ -141,6 +141,21 @@ ROLES: dict[str, tuple[str, list[FunctionTool]]] = {
 }
 
 
+class Rendezvous:
+    """A one-round `asyncio.Barrier` (which Python 3.10 lacks): `wait()` returns once `parties` callers arrived."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived = 0
+        self.everyone = asyncio.Event()
+
+    async def wait(self) -> None:
+        self.arrived += 1
+        if self.arrived == self.parties:
+            self.everyone.set()
+        await self.everyone.wait()
+
+
 class LoadedHistory(ContextProvider):
     """Listed after the store, so it sees what the store loaded: how many messages each agent's run started from.
 
@@ -151,7 +166,7 @@ class LoadedHistory(ContextProvider):
     def __init__(self) -> None:
         super().__init__("loaded_history")
         self.started_from: dict[str, int] = {}
-        self.barrier: asyncio.Barrier | None = None
+        self.barrier: Rendezvous | None = None
 
     async def before_run(
         self, *, agent: SupportsAgentRun, session: AgentSession, context: SessionContext, state: dict[str, Any]
@@ -235,7 +250,7 @@ async def ask(team: Team, thread_id: str, name: str, text: str) -> str:
 
 async def ask_together(team: Team, thread_id: str, questions: dict[str, str]) -> dict[str, str]:
     """Run one turn per agent at the same time; each loads the thread before any of them calls the model."""
-    team.loaded.barrier = asyncio.Barrier(len(questions))
+    team.loaded.barrier = Rendezvous(len(questions))
     try:
         responses = await asyncio.gather(
             *(
