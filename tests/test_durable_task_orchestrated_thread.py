@@ -25,10 +25,10 @@ import pytest
 from durabletask.worker import TaskHubGrpcWorker
 
 import durable_task_orchestrated_thread as sample
-from sample_support import SampleError, SchedulerBackend, run_sample, select_model
+from sample_support import ModelBackend, SampleError, SchedulerBackend, run_sample, select_model
 from sample_support.durable_worker import wait_for_custom_status
 from sample_support.offline_model import OFFLINE_MODEL_NAME, OfflineModelServer
-from tests.conftest import REPO_DIR, ScriptRunner, using_real_services
+from tests.conftest import REPO_DIR, ScriptRunner, expected_banner, using_real_services
 
 
 def new_thread(scheduler: SchedulerBackend, **options: Any) -> sample.OrchestratedThread:
@@ -50,10 +50,11 @@ def session_messages(thread: sample.OrchestratedThread) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def in_process_worker(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcWorker]:
-    worker = sample.new_worker(scheduler, select_model())
-    worker.start()
-    yield worker
-    worker.stop()
+    with sample.AgentTurns(select_model()) as turns:
+        worker = sample.new_worker(scheduler, turns)
+        worker.start()
+        yield worker
+        worker.stop()
 
 
 # region Worker processes and a model gate
@@ -242,6 +243,167 @@ def test_session_budget_trims_whole_exchanges_and_rejects_an_oversize_turn(
     assert len(json.dumps(stored_session(thread)).encode()) <= budget
 
 
+def test_trimming_keeps_the_newest_exchanges_that_fit() -> None:
+    """The trimming serializes the session once and counts dropped bytes: the result must match a re-serialization."""
+    history = [
+        message
+        for n in range(1, 30)
+        for message in (
+            {"role": "user", "contents": [{"type": "text", "text": "é" * n}]},  # six bytes each in JSON (\u00e9)
+            {"role": "tool", "contents": [{"type": "text", "text": "x" * 3 * n}]},
+            {"role": "assistant", "contents": [{"type": "text", "text": "ok"}]},
+        )
+    ]
+
+    def session_with(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"type": "session", "session_id": "s", "state": {"in_memory": {"messages": list(messages)}}}
+
+    for budget in range(400, 9_000, 97):
+        session = session_with(history)
+        try:
+            dropped = sample.trim_to_budget(session, budget)
+        except sample.TurnRejected:
+            assert sample.json_bytes(session_with(history[-3:])) > budget  # not even the last exchange fits
+            continue
+        kept = session["state"]["in_memory"]["messages"]
+        assert (kept[0]["role"], dropped + len(kept)) == ("user", len(history))
+        assert sample.json_bytes(session) <= budget
+        if dropped:  # it stopped as soon as the session fitted: one more exchange would not have
+            assert sample.json_bytes(session_with(history[dropped - 3 :])) > budget
+
+
+class RecordingContext:
+    """Just enough of an orchestration context to step `thread_orchestrator` by hand and record what it did."""
+
+    instance_id = "thread-recorded"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def set_custom_status(self, status: dict[str, Any]) -> None:
+        self.calls.append(("status", status["last_turn_id"]))
+
+    def wait_for_external_event(self, name: str) -> str:
+        self.calls.append(("wait", name))
+        return "wait"
+
+    def call_activity(self, name: str, *, input: dict[str, Any]) -> str:
+        self.calls.append(("activity", input["turn_id"]))
+        return "activity"
+
+    def continue_as_new(self, state: dict[str, Any], *, save_events: bool) -> None:
+        self.calls.append(("continue_as_new", (state["generation"], save_events)))
+
+
+def run_generation(state: dict[str, Any], turn_ids: list[str]) -> list[tuple[str, Any]]:
+    """Drive one generation of the orchestrator: each turn's event, then its activity's result."""
+    ctx = RecordingContext()
+    steps = sample.thread_orchestrator(ctx, state)  # type: ignore[arg-type]
+    assert next(steps) == "wait"
+    with pytest.raises(StopIteration):
+        for turn_id in turn_ids:
+            assert steps.send({"turn_id": turn_id, "message": "Hello!"}) == "activity"
+            result = {"reply": f"reply to {turn_id}", "session": {"turn": turn_id}, "messages": 2, "trimmed": 0}
+            assert steps.send(result) == "wait"
+    return ctx.calls
+
+
+def test_the_last_reply_of_a_generation_is_published_by_the_next_one() -> None:
+    state = sample.initial_state(every=2, session_budget=sample.SESSION_BUDGET_BYTES)
+    first = run_generation(state, ["t1", "t2"])
+    # No status in the step that continues as new: a client would raise its next turn while the new
+    # generation's first step is in flight, and the embedded scheduler holds such an event up to 100 ms.
+    assert first == [
+        ("status", None),
+        ("wait", sample.USER_TURN),
+        ("activity", "t1"),
+        ("status", "t1"),
+        ("wait", sample.USER_TURN),
+        ("activity", "t2"),
+        ("continue_as_new", (1, True)),
+    ]
+    second = run_generation(state, ["t3", "t4"])  # continue_as_new carried `state` over
+    assert second[0] == ("status", "t2")  # the new generation publishes t2's reply first thing
+    assert state["recent"][-2:] == [
+        {"turn_id": "t3", "reply": "reply to t3"},
+        {"turn_id": "t4", "reply": "reply to t4"},
+    ]
+
+
+def test_a_thread_that_could_pass_the_scheduler_message_limit_is_refused(
+    scheduler: SchedulerBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every turn replays the session twice (the activity's input and result): continue-as-new every 10 turns with
+    # the default budget could put 21 sessions (5.4 MB) in one step, over gRPC's 4 MiB.
+    assert sample.largest_step_bytes(10, sample.SESSION_BUDGET_BYTES) > 5_000_000
+    sample.check_size_limits(sample.TURNS_PER_GENERATION, sample.SESSION_BUDGET_BYTES)  # the defaults fit
+    thread = sample.OrchestratedThread(scheduler.client(), f"test-{uuid.uuid4().hex[:10]}")
+    with pytest.raises(SampleError, match=r"continue-as-new every 10 turns .* over 3,145,728: lower --every"):
+        thread.start(every=10)
+    assert thread.client.get_orchestration_state(thread.thread_id) is None  # nothing was scheduled
+    thread.client.close()
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_sample(sample.main(every=10))
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before any backend started
+    assert captured.err.startswith("error: continue-as-new every 10 turns") and captured.err.count("\n") == 1
+
+
+@pytest.mark.timeout(60)
+def test_one_chat_client_serves_concurrent_turns_of_different_threads(
+    scheduler: SchedulerBackend, gate: ModelGate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[Any] = []
+
+    def counting_client(**kwargs: Any) -> Any:
+        built.append(original(**kwargs))
+        return built[-1]
+
+    original = sample.OpenAIChatCompletionClient
+    monkeypatch.setattr(sample, "OpenAIChatCompletionClient", counting_client)
+    gated = ModelBackend(
+        "offline", "the gate", {"model": OFFLINE_MODEL_NAME, "api_key": "offline", "base_url": gate.url}
+    )
+    turns = sample.AgentTurns(gated)
+    worker = sample.new_worker(scheduler, turns)
+    worker.start()
+    alice, bob = new_thread(scheduler), new_thread(scheduler)
+
+    async def scenario() -> tuple[str, str]:
+        turn_ids = [alice.raise_turn("My name is Alice."), bob.raise_turn("My name is Bob.")]
+        for _ in range(600):  # both activities wait on the model at once, on the one event loop
+            if gate.requests == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert gate.requests == 2, "the two turns did not run concurrently"
+        gate.released.set()
+        await alice.wait_for_reply(turn_ids[0])
+        await bob.wait_for_reply(turn_ids[1])
+        (alice_reply, _), (bob_reply, _) = await asyncio.gather(
+            alice.ask("What is my name?"), bob.ask("What is my name?")
+        )
+        return alice_reply, bob_reply
+
+    try:
+        alice_reply, bob_reply = asyncio.run(scenario())
+    finally:
+        worker.stop()
+        turns.close()
+    assert "Alice" in alice_reply and "Bob" not in alice_reply
+    assert "Bob" in bob_reply and "Alice" not in bob_reply
+    assert len(built) == 1  # four turns, one client
+    # close() closed the client inside its loop, then stopped the loop and its thread.
+    assert (
+        turns.chat_client is built[0]
+        and built[0].client.is_closed()
+        and turns._loop.is_closed()
+        and not turns._thread.is_alive()
+    )
+    turns.close()  # a second close does nothing
+
+
 def test_client_and_worker_roles_need_a_configured_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run_sample(sample.main("client"))
@@ -336,8 +498,8 @@ def test_script_runs_as_a_user_would(run_script: ScriptRunner) -> None:
     result = run_script("durable_task_orchestrated_thread.py")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert result.stdout.startswith("Backends: model=offline model at http://127.0.0.1:")
-    assert "scheduler=embedded Durable Task scheduler at 127.0.0.1:" in result.stdout
+    banner = result.stdout.splitlines()[0]
+    assert all(part in banner for part in expected_banner(scheduler=True))
     assert "continue-as-new: generation 0 -> 1" in result.stdout
     assert "Agent: Your name is Alice." in result.stdout
     assert "Runtime status: RUNNING" in result.stdout
