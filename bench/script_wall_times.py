@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_DIR))
+from sample_support.config import MODEL_SETTINGS, SERVICE_SETTINGS  # noqa: E402
+
 RESULTS = REPO_DIR / "bench" / "results" / "script_wall_times.md"
 SAMPLES = [
     "custom_chat_message_store_thread.py",
@@ -29,24 +32,13 @@ SAMPLES = [
     "durable_task_activity_chat_message_store.py",
     "durable_task_multi_agent_thread.py",
 ]
-SERVICE_SETTINGS = [
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "OPENAI_MODEL",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_OPENAI_API_KEY",
-    "AZURE_OPENAI_MODEL",
-    "REDIS_URL",
-    "DTS_ENDPOINT",
-    "DTS_TASKHUB",
-]
 RUNS = 5
 SCRIPT_TARGET_SECONDS = 3.0
 SUITE_TARGET_SECONDS = 90.0
 
 
 def offline_environment() -> dict[str, str]:
-    environment = {name: value for name, value in os.environ.items() if name not in SERVICE_SETTINGS}
+    environment = {name: value for name, value in os.environ.items() if name not in MODEL_SETTINGS + SERVICE_SETTINGS}
     return {**environment, "SAMPLES_ENV_FILE": ""}
 
 
