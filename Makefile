@@ -25,7 +25,7 @@ samples: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest
 
-# Not part of the two README commands: the per-turn benchmark (~15 min) and the scripts' wall times.
+# Not part of the two README commands: the per-turn benchmark (~7 min) and the scripts' wall times.
 bench: $(INSTALLED)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) bench/thread_store_bench.py
