@@ -10,13 +10,16 @@ the tests assert on its exact, deterministic replies, which a real model's wordi
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fakeredis
 import pytest
+from durabletask.client import TaskHubGrpcClient
 
 from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
 from sample_support.config import MODEL_SETTINGS, SERVICE_SETTINGS
@@ -147,3 +150,41 @@ def run_script() -> ScriptRunner:
         )
 
     return run
+
+
+def unique(prefix: str) -> str:
+    """An id no earlier test (or run, on a shared scheduler) has used."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def client(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcClient]:
+    """A scheduler client for one test."""
+    client = scheduler.client()
+    yield client
+    client.close()
+
+
+def start_worker_process(script: str) -> subprocess.Popen[str]:
+    """`python <script> --role worker` on DTS_ENDPOINT (set by `scheduler_endpoint`); returns once it is ready."""
+    process = subprocess.Popen(
+        [sys.executable, script, "--role", "worker"],
+        cwd=REPO_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("Worker ready"):
+            return process
+    raise AssertionError(f"the worker exited before it was ready: {process.communicate()}")
+
+
+def stop_worker_process(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM, as a deployment would; the worker must exit 0 without a traceback. Returns (stdout, stderr)."""
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    return stdout, stderr

@@ -4,7 +4,6 @@ idempotent enrichment, the size budget, and the demo with its worker in another 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
@@ -23,21 +22,10 @@ from durable_task_activity_chat_message_store import (
 from durable_task_chat_message_store import HistoryTooLarge, append, new_messages, payload_bytes
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner
-from tests.test_durable_task_chat_message_store import start_worker_process, stop_worker_process, tool_exchange
+from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
+from tests.test_durable_task_chat_message_store import tool_exchange
 
 SCRIPT = "durable_task_activity_chat_message_store.py"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def client(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcClient]:
-    client = scheduler.client()
-    yield client
-    client.close()
 
 
 def test_rerunning_the_activity_with_the_same_input_adds_nothing(client: TaskHubGrpcClient) -> None:

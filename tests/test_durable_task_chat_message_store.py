@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -24,49 +20,13 @@ from durable_task_chat_message_store import (
 from sample_support import SchedulerBackend, select_model
 from sample_support.durable_worker import StatusTimeout
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import REPO_DIR, ScriptRunner
+from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
 
 SCRIPT = "durable_task_chat_message_store.py"
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def text_of(message: Message) -> str:
     return " ".join(content.text or "" for content in message.contents if content.type == "text")
-
-
-@pytest.fixture
-def client(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcClient]:
-    client = scheduler.client()
-    yield client
-    client.close()
-
-
-def start_worker_process(script: str) -> subprocess.Popen[str]:
-    """`python <script> --role worker` on DTS_ENDPOINT (set by `scheduler_endpoint`); returns once it is ready."""
-    process = subprocess.Popen(
-        [sys.executable, script, "--role", "worker"],
-        cwd=REPO_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("Worker ready"):
-            return process
-    raise AssertionError(f"the worker exited before it was ready: {process.communicate()}")
-
-
-def stop_worker_process(process: subprocess.Popen[str]) -> tuple[str, str]:
-    """SIGTERM, as a deployment would; the worker must exit 0 without a traceback. Returns (stdout, stderr)."""
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    return stdout, stderr
 
 
 def tool_exchange(number: int) -> list[Message]:

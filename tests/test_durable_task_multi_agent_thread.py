@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -22,23 +21,11 @@ from durable_task_chat_message_store import APPEND_EVENT
 from durable_task_multi_agent_thread import PLANNER, RESEARCHER, ROLES
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner
-from tests.test_durable_task_chat_message_store import start_worker_process, stop_worker_process
+from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
 
 SCRIPT = "durable_task_multi_agent_thread.py"
 OWNER = {tool.name: name for name, (_, tools) in ROLES.items() for tool in tools}
 ToolRuns = list[tuple[str, dict[str, Any]]]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def client(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcClient]:
-    client = scheduler.client()
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
