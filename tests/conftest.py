@@ -15,11 +15,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fakeredis
 import pytest
 from durabletask.client import TaskHubGrpcClient
+from durabletask.worker import TaskHubGrpcWorker
 
 from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
 from sample_support.config import MODEL_SETTINGS, SERVICE_SETTINGS
@@ -163,6 +165,16 @@ def client(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcClient]:
     client = scheduler.client()
     yield client
     client.close()
+
+
+@contextmanager
+def store_worker(scheduler: SchedulerBackend, register: Callable[[TaskHubGrpcWorker], None]) -> Iterator[None]:
+    """An in-process worker with a chat message store's orchestration (`Store.register`) for a block of tests."""
+    worker = scheduler.worker()
+    register(worker)
+    worker.start()
+    yield
+    worker.stop()
 
 
 def start_worker_process(script: str) -> subprocess.Popen[str]:

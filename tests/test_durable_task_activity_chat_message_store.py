@@ -22,7 +22,7 @@ from durable_task_activity_chat_message_store import (
 from durable_task_chat_message_store import HistoryTooLarge, append, new_messages, payload_bytes
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
+from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
 from tests.test_durable_task_chat_message_store import tool_exchange
 
 SCRIPT = "durable_task_activity_chat_message_store.py"
@@ -48,11 +48,8 @@ def test_rerunning_the_activity_with_the_same_input_adds_nothing(client: TaskHub
 
 @pytest.fixture(scope="class")
 def worker(scheduler: SchedulerBackend) -> Iterator[None]:
-    worker = scheduler.worker()
-    DurableTaskActivityChatMessageStore.register(worker)
-    worker.start()
-    yield
-    worker.stop()
+    with store_worker(scheduler, DurableTaskActivityChatMessageStore.register):
+        yield
 
 
 @pytest.mark.usefixtures("worker")

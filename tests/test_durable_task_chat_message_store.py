@@ -20,7 +20,7 @@ from durable_task_chat_message_store import (
 from sample_support import SchedulerBackend, select_model
 from sample_support.durable_worker import StatusTimeout
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
+from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
 
 SCRIPT = "durable_task_chat_message_store.py"
 
@@ -70,11 +70,8 @@ def test_trimming_never_leaves_an_orphan_tool_result() -> None:
 
 @pytest.fixture(scope="class")
 def worker(scheduler: SchedulerBackend) -> Iterator[None]:
-    worker = scheduler.worker()
-    DurableTaskChatMessageStore.register(worker)
-    worker.start()
-    yield
-    worker.stop()
+    with store_worker(scheduler, DurableTaskChatMessageStore.register):
+        yield
 
 
 @pytest.mark.usefixtures("worker")

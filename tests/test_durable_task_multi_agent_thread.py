@@ -21,7 +21,7 @@ from durable_task_chat_message_store import APPEND_EVENT
 from durable_task_multi_agent_thread import PLANNER, RESEARCHER, ROLES
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
+from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
 
 SCRIPT = "durable_task_multi_agent_thread.py"
 OWNER = {tool.name: name for name, (_, tools) in ROLES.items() for tool in tools}
@@ -30,11 +30,8 @@ ToolRuns = list[tuple[str, dict[str, Any]]]
 
 @pytest.fixture(scope="module")
 def worker(scheduler: SchedulerBackend) -> Iterator[None]:
-    worker = scheduler.worker()
-    DurableTaskActivityChatMessageStore.register(worker)
-    worker.start()
-    yield
-    worker.stop()
+    with store_worker(scheduler, DurableTaskActivityChatMessageStore.register):
+        yield
 
 
 @pytest.fixture
