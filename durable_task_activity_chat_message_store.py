@@ -64,9 +64,10 @@ from durable_task_chat_message_store import (
     new_messages,
     payload_bytes,
     reject,
+    retry_a_write,
 )
 from sample_support import ModelBackend, SchedulerBackend, run_sample
-from sample_support.durable_worker import run_store_sample, wait_for_custom_status
+from sample_support.durable_worker import run_store_sample
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -275,25 +276,14 @@ async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int) -> 
         await say(agent, agent.create_session(session_id=control_id), restarted, "What is my name?")
 
         print("\n== 4. A retried write is stored once and enriched once ==")
-        note = Message("user", ["Please remember: I prefer tea."], message_id=f"note-{run_id}")
-        for attempt in (1, 2):
-            await restarted.save_messages(session_id, [note], write_id=f"retry-{run_id}")
-            print(f"Sent write retry-{run_id} (attempt {attempt}).")
-        status = await wait_for_custom_status(
-            client,
-            store.instance_id(session_id),
-            lambda status: bool(status and status["duplicate_writes"]),
-            timeout=30,
-        )
+        status = await retry_a_write(restarted, session_id, run_id)
         print(f"    {describe(status)}")
 
         print(f"\n== 5. Diagnostics: the metadata the scheduler holds for session {session_id} ==")
         print_diagnostics(await restarted.get_records(session_id), status)
     finally:
         for each in (session_id, control_id):
-            # A real history lives on; the demo ends its orchestrations so a shared task hub is left tidy.
-            if client.get_orchestration_state(store.instance_id(each)) is not None:
-                client.terminate_orchestration(store.instance_id(each), recursive=False)
+            store.end_history(each)  # a real history lives on; the demo leaves a shared task hub tidy
         client.close()
         restarted_client.close()
     print(f"\nEnded the demo's history orchestrations ({session_id}, {control_id}).")

@@ -306,6 +306,12 @@ class DurableTaskChatMessageStore(HistoryProvider):
         status = await self.read_status(session_id)
         return [Message.from_dict(message) for message in status["messages"]] if status else []
 
+    def end_history(self, session_id: str) -> None:
+        """Terminate the session's history orchestration, if there is one (there are no sub-orchestrations)."""
+        instance_id = self.instance_id(session_id)
+        if self.client.get_orchestration_state(instance_id) is not None:
+            self.client.terminate_orchestration(instance_id, recursive=False)
+
 
 # endregion
 
@@ -353,6 +359,20 @@ def message_text(message: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+async def retry_a_write(store: DurableTaskChatMessageStore, session_id: str, run_id: str) -> dict[str, Any]:
+    """Send one write twice under the same write id (a retry after a lost acknowledgement); return the status."""
+    note = Message("user", ["Please remember: I prefer tea."], message_id=f"note-{run_id}")
+    for attempt in (1, 2):
+        await store.save_messages(session_id, [note], write_id=f"retry-{run_id}")
+        print(f"Sent write retry-{run_id} (attempt {attempt}).")
+    return await wait_for_custom_status(
+        store.client,
+        store.instance_id(session_id),
+        lambda status: bool(status and status["duplicate_writes"]),
+        timeout=30,
+    )
+
+
 async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int, budget: int) -> None:
     run_id = uuid.uuid4().hex[:8]
     session_id, control_id, small_id = f"alice-{run_id}", f"control-{run_id}", f"small-{run_id}"
@@ -376,16 +396,7 @@ async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int, bud
         await say(agent, agent.create_session(session_id=control_id), restarted, "What is my name?")
 
         print("\n== 4. A retried write is stored once ==")
-        note = Message("user", ["Please remember: I prefer tea."], message_id=f"note-{run_id}")
-        for attempt in (1, 2):
-            await restarted.save_messages(session_id, [note], write_id=f"retry-{run_id}")
-            print(f"Sent write retry-{run_id} (attempt {attempt}).")
-        status = await wait_for_custom_status(
-            client,
-            store.instance_id(session_id),
-            lambda status: bool(status and status["duplicate_writes"]),
-            timeout=30,
-        )
+        status = await retry_a_write(restarted, session_id, run_id)
         print(f"    {describe(status)}")
 
         print("\n== 5. The size budget ==")
@@ -415,9 +426,7 @@ async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int, bud
             print(f"  {number:2}. {message['role']:<9} {message.get('author_name') or '':<10} {message_text(message)}")
     finally:
         for each in (session_id, control_id, small_id):
-            # A real history lives on; the demo ends its orchestrations so a shared task hub is left tidy.
-            if client.get_orchestration_state(store.instance_id(each)) is not None:
-                client.terminate_orchestration(store.instance_id(each), recursive=False)
+            store.end_history(each)  # a real history lives on; the demo leaves a shared task hub tidy
         client.close()
         restarted_client.close()
     print(f"\nEnded the demo's history orchestrations ({session_id}, {control_id}, {small_id}).")
