@@ -50,9 +50,10 @@ def standalone_source(script: str, names: Sequence[str]) -> str:
     parts: list[str] = []
     found: set[str] = set()
     for node in tree.body:
-        if isinstance(node, ast.Import) and all(_allowed(alias.name) for alias in node.names):
-            parts.append(ast.get_source_segment(source, node) or "")
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and _allowed(node.module):
+        allowed_import = (isinstance(node, ast.Import) and all(_allowed(alias.name) for alias in node.names)) or (
+            isinstance(node, ast.ImportFrom) and node.level == 0 and _allowed(node.module)
+        )
+        if allowed_import:
             parts.append(ast.get_source_segment(source, node) or "")
         elif defined := _defined_names(node) & wanted:
             found |= defined
