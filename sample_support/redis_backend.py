@@ -3,19 +3,10 @@
 Both hand out `redis.asyncio.Redis` clients with `decode_responses=True`, which is what
 `RedisHistoryProvider(redis_client=...)` requires. Every client from one `RedisBackend` talks to
 the same data, so a "restart" (new client, new provider, new agent) really finds the history.
-
-`local_redis_server()` starts a throwaway `redis-server` on a free loopback port, for the tests and the
-benchmark.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -73,37 +64,11 @@ def select_redis() -> RedisBackend:
     return RedisBackend(None, fakeredis.FakeServer())
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def __getattr__(name: str) -> object:
+    # Temporary: the test-only helpers moved to tests/local_servers.py; bench/thread_store_bench.py and
+    # tests/test_redis_chat_message_store_thread.py still import them from here until their owners switch.
+    if name in ("free_loopback_port", "local_redis_server"):
+        from tests import local_servers
 
-
-@contextmanager
-def local_redis_server() -> Iterator[str | None]:
-    """A throwaway `redis-server` (no persistence) on a free loopback port: yields its URL, or None if the
-    binary is not installed."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    port = free_loopback_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SampleError("redis-server did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        return getattr(local_servers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

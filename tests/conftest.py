@@ -26,7 +26,7 @@ from durabletask.worker import TaskHubGrpcWorker
 from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
 from sample_support.config import MODEL_SETTINGS, SERVICE_SETTINGS
 from sample_support.offline_model import OfflineModelServer, offline_model_server
-from sample_support.redis_backend import local_redis_server
+from tests.local_servers import local_redis_server
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,8 @@ from sample_support import (
     select_redis,
     select_scheduler,
 )
-from sample_support.redis_backend import free_loopback_port
 from tests.conftest import REPO_DIR, ScriptRunner
+from tests.local_servers import free_loopback_port
 
 
 def test_offline_model_is_selected_without_configuration(offline_model: object) -> None:
