@@ -71,7 +71,7 @@ def unknown_fact(key: str) -> str:
 
 def stated_facts(text: str) -> list[Fact]:
     """The facts a user message states; a summarizer transcript inside it states none."""
-    if transcript := _TRANSCRIPT_ENTRY.search(text):
+    if "] " in text and (transcript := _TRANSCRIPT_ENTRY.search(text)):
         text = text[: transcript.start()]
     facts = []
     for pattern, key in _STATEMENTS:
