@@ -80,7 +80,9 @@ class StoreFactory:
     budgets_for_the_orphan_rule: ClassVar[Sequence[int]] = ()  # small byte budgets that make the store trim
     writes_raw_records: ClassVar[bool] = False  # implements `write_raw_record` (the bad-stored-data rules)
     errors: ClassVar[tuple[type[BaseException], ...]] = (ValueError,)  # what the store raises for a clear refusal
-    expected_failures: ClassVar[Mapping[str, str]] = {}  # test name -> why the store cannot meet that rule
+    # Test name -> why the store cannot meet that rule, or (why, the exception that failure raises): the test runs as
+    # xfail(strict=True), so it turns red when the store starts to meet the rule, or fails in another way.
+    expected_failures: ClassVar[Mapping[str, str | tuple[str, type[BaseException]]]] = {}
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self.request = request
@@ -229,6 +231,26 @@ def every_content_type(tag: str) -> list[Message]:
     ]
 
 
+def hostile_session_ids(uid: str, victim: str) -> list[str]:
+    """Ids that try to reach `victim` (or everything): path traversal, SQL and key quoting, Redis key separators,
+    glob patterns, and a 10 KB id. `uid` keeps them apart from other tests' on shared storage."""
+    return [
+        f"{uid}x/../{victim}",
+        f"../../{uid}",
+        f"{uid}\\..\\{victim}",
+        f"{uid}'; DELETE FROM chat_messages; --",
+        f'{uid}" OR "1"="1',
+        f"{uid}|{victim}",
+        f"{uid}:{victim}",
+        f"{uid}/{victim}",
+        f"{uid}*",
+        f"{uid}?ictim",
+        f"{uid}[v]ictim",
+        f"{uid}%",
+        f"{uid}{'x' * 10_000}",
+    ]
+
+
 def starts_with_orphan_tool_result(messages: Sequence[Message]) -> bool:
     """True if a tool result answers a call that is not in the messages before it."""
     called: set[str] = set()
@@ -295,8 +317,9 @@ class ChatStoreContract:
             marks: list[pytest.MarkDecorator] = []
             if reason := _not_applicable(factory, test):
                 marks.append(pytest.mark.skip(reason=f"not applicable: {reason}"))
-            elif reason := factory.expected_failures.get(test):
-                marks.append(pytest.mark.xfail(strict=True, reason=reason))
+            elif expected := factory.expected_failures.get(test):
+                reason, raises = (expected, None) if isinstance(expected, str) else expected
+                marks.append(pytest.mark.xfail(strict=True, reason=reason, raises=raises))
             params.append(pytest.param(factory, id=factory.name, marks=marks))
         metafunc.parametrize("store", params, indirect=True)
 
@@ -450,23 +473,8 @@ class ChatStoreContract:
 
     def test_hostile_session_ids_stay_in_their_own_scope(self, store: StoreFactory) -> None:
         async def body(factory: StoreFactory) -> None:
-            uid = factory.uid
-            victim = f"{uid}victim"
-            hostile = [
-                f"{uid}x/../{victim}",
-                f"../../{uid}",
-                f"{uid}\\..\\{victim}",
-                f"{uid}'; DELETE FROM chat_messages; --",
-                f'{uid}" OR "1"="1',
-                f"{uid}|{victim}",
-                f"{uid}:{victim}",
-                f"{uid}/{victim}",
-                f"{uid}*",
-                f"{uid}?ictim",
-                f"{uid}[v]ictim",
-                f"{uid}%",
-                f"{uid}{'x' * 10_000}",
-            ]
+            victim = f"{factory.uid}victim"
+            hostile = hostile_session_ids(factory.uid, victim)
             instance = factory.open()
             victim_session = AgentSession(session_id=victim)
             await save(instance, victim_session, [text("user", "victim", "victim")])
