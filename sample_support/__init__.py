@@ -2,18 +2,26 @@
 
 A sample opens its backends with `open_backends(...)`, which prints one banner line naming the
 model, Redis and scheduler in use, and runs its `main()` through `run_sample(...)`.
+
+Redis (fakeredis, redis) and the scheduler (durabletask, grpc) are imported only by a sample that uses them:
+`RedisBackend`, `select_redis`, `SchedulerBackend` and `select_scheduler` load their module on first use.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .config import SampleError, load_settings, run_sample, setting
+from .config import SampleError, load_settings, quiet_azure_logging, run_sample, setting
 from .model import ModelBackend, select_model
-from .redis_backend import RedisBackend, select_redis
-from .scheduler import SchedulerBackend, select_scheduler
+
+if TYPE_CHECKING:
+    from .redis_backend import RedisBackend, select_redis
+    from .scheduler import SchedulerBackend, select_scheduler
 
 __all__ = [
     "Backends",
@@ -29,6 +37,23 @@ __all__ = [
     "select_scheduler",
     "setting",
 ]
+
+_LAZY = {
+    "RedisBackend": ".redis_backend",
+    "select_redis": ".redis_backend",
+    "SchedulerBackend": ".scheduler",
+    "select_scheduler": ".scheduler",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 @dataclass
@@ -57,16 +82,21 @@ async def open_backends(*, model: bool = True, redis: bool = False, scheduler: b
     """Select (and check) the backends a sample needs, print the banner, stop embedded servers on exit.
 
     `model=False` is for a process that never calls the model itself (e.g. a Durable Task client whose
-    worker runs the agent)."""
+    worker runs the agent). A configured Redis or scheduler that cannot be used is one `SampleError` line."""
+    quiet_azure_logging()
     backends = Backends(selected_model=select_model() if model else None)
     if redis:
+        from .redis_backend import select_redis
+
         backends.redis = select_redis()
         await backends.redis.check()
-    if scheduler:
-        backends.scheduler = select_scheduler()
     try:
-        if backends.scheduler and not backends.scheduler.embedded:
-            backends.scheduler.check()
+        if scheduler:
+            from .scheduler import select_scheduler
+
+            backends.scheduler = select_scheduler()
+            if backends.scheduler.embedded is None:
+                await asyncio.to_thread(backends.scheduler.check)
         print(backends.banner(), flush=True)
         yield backends
     finally:

@@ -3,9 +3,9 @@
 - `require_shared_scheduler(role)` stops a `--role worker` / `--role client` process that has no
   DTS_ENDPOINT to share with the other role.
 - `run_store_sample(role, register=..., demo=...)` runs a store sample as `--role all`, `worker` or `client`.
-- `serve_until_stopped(worker)` starts a worker and keeps it running until SIGTERM or SIGINT (Ctrl+C), then
-  stops it cleanly: `worker.stop()` lets a running activity finish and delivers its result, so stopping a
-  worker between deployments loses no work.
+- `serve_until_stopped(worker)` starts a worker, says it is ready once the scheduler answered a round trip, and
+  keeps it running until SIGTERM or SIGINT (Ctrl+C), then stops it cleanly: `worker.stop()` lets a running
+  activity finish and delivers its result, so stopping a worker between deployments loses no work.
 - `wait_for_custom_status(client, instance_id, done)` polls an orchestration's custom status until
   `done(status)` holds, with a timeout that ends in a one-line `SampleError` instead of a hang.
 """
@@ -24,7 +24,7 @@ from durabletask.worker import TaskHubGrpcWorker
 from . import open_backends
 from .config import SampleError, setting
 from .model import ModelBackend
-from .scheduler import SchedulerBackend
+from .scheduler import SchedulerBackend, SchedulerWorker
 
 ENDED = (OrchestrationStatus.COMPLETED, OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
 
@@ -45,7 +45,10 @@ def require_shared_scheduler(role: str) -> None:
 async def serve_until_stopped(
     worker: TaskHubGrpcWorker, *, ready_message: str = "Worker ready; Ctrl+C (or SIGTERM) stops it cleanly."
 ) -> None:
-    """Start `worker`, print `ready_message`, and run until SIGTERM or SIGINT; then stop the worker cleanly."""
+    """Start `worker`, print `ready_message` once the scheduler has answered, and run until SIGTERM or SIGINT; then
+    stop the worker cleanly. An unreachable scheduler is one `SampleError` line instead of a worker retrying forever."""
+    if isinstance(worker, SchedulerWorker):
+        await asyncio.to_thread(worker.scheduler.check)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)

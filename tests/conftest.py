@@ -26,7 +26,7 @@ from durabletask.worker import TaskHubGrpcWorker
 from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
 from sample_support.config import MODEL_SETTINGS, SERVICE_SETTINGS
 from sample_support.offline_model import OfflineModelServer, offline_model_server
-from tests.local_servers import local_redis_server
+from tests.local_servers import local_redis_server, run_child, start_child
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -135,23 +135,21 @@ def scheduler_endpoint(scheduler: SchedulerBackend, monkeypatch: pytest.MonkeyPa
 ScriptRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def run_script_process(
+    script: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `python <script> [args]` from the repository folder, as a reader would; returns the finished process.
+
+    The process (and its process group, on timeout) dies with the test run, even if pytest is killed."""
+    return run_child(
+        [sys.executable, script, *args], timeout=timeout, cwd=REPO_DIR, env={**os.environ, **(env or {})}, text=True
+    )
+
+
 @pytest.fixture
 def run_script() -> ScriptRunner:
-    """Runs `python <script> [args]` from the repository folder, as a reader would; returns the finished process."""
-
-    def run(
-        script: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, script, *args],
-            cwd=REPO_DIR,
-            env={**os.environ, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    return run
+    """`run_script_process` as a fixture."""
+    return run_script_process
 
 
 def unique(prefix: str) -> str:
@@ -178,8 +176,10 @@ def store_worker(scheduler: SchedulerBackend, register: Callable[[TaskHubGrpcWor
 
 
 def start_worker_process(script: str) -> subprocess.Popen[str]:
-    """`python <script> --role worker` on DTS_ENDPOINT (set by `scheduler_endpoint`); returns once it is ready."""
-    process = subprocess.Popen(
+    """`python <script> --role worker` on DTS_ENDPOINT (set by `scheduler_endpoint`); returns once it is ready.
+
+    The worker dies with the test run, even if pytest is killed (see tests/local_servers.py)."""
+    process = start_child(
         [sys.executable, script, "--role", "worker"],
         cwd=REPO_DIR,
         stdout=subprocess.PIPE,

@@ -1,14 +1,17 @@
-"""A worker process for test_sample_support: serves `echo_orchestrator` on DTS_ENDPOINT until SIGTERM."""
+"""A worker process for test_sample_support: serves `echo_orchestrator` on DTS_ENDPOINT until SIGTERM.
+
+It runs the way the samples' `--role worker` does (`run_sample` + `serve_until_stopped`), so an unreachable
+scheduler is one error line and exit status 1, and "worker ready" comes only once the scheduler answered.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import threading
 
 from durabletask import task
 
-from sample_support import select_scheduler
+from sample_support import run_sample, select_scheduler
+from sample_support.durable_worker import serve_until_stopped
 
 
 def shout(_: task.ActivityContext, text: str) -> dict[str, object]:
@@ -22,18 +25,16 @@ def echo_orchestrator(ctx: task.OrchestrationContext, _: None) -> object:
     return result
 
 
-def main() -> None:
+async def serve() -> None:
     scheduler = select_scheduler()
-    worker = scheduler.worker()
-    worker.add_orchestrator(echo_orchestrator)
-    worker.add_activity(shout)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    worker.start()
-    print("worker ready", flush=True)
-    stopped.wait()
-    worker.stop()
+    try:
+        worker = scheduler.worker()
+        worker.add_orchestrator(echo_orchestrator)
+        worker.add_activity(shout)
+        await serve_until_stopped(worker, ready_message="worker ready")
+    finally:
+        scheduler.stop()
 
 
 if __name__ == "__main__":
-    main()
+    run_sample(serve())

@@ -74,16 +74,16 @@ def free_loopback_port() -> int:
 
 
 @contextmanager
-def local_redis_server() -> Iterator[str | None]:
+def local_redis_server(*options: str) -> Iterator[str | None]:
     """A throwaway `redis-server` (no persistence) on a free loopback port: yields its URL, or None if the
-    binary is not installed."""
+    binary is not installed. `options` go on its command line (e.g. "--requirepass", "secret")."""
     binary = shutil.which("redis-server")
     if binary is None:
         yield None
         return
     port = free_loopback_port()
     server = start_child(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
