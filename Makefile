@@ -34,6 +34,7 @@ bench-scripts: $(INSTALLED)
 	$(PY) bench/script_wall_times.py
 
 $(INSTALLED): requirements.txt
+	@echo "Creating $(VENV) and installing requirements.txt (once, ~30 s; redone only when requirements.txt changes)..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -793,6 +794,18 @@ def test_serve_scheduler_port_zero_picks_a_free_port_and_prints_it() -> None:
 # region imports and child processes
 
 
+def test_the_first_make_says_what_it_installs_before_pip_runs() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    # -n prints the install recipe without running it; -W pretends requirements.txt changed.
+    result = run_child(
+        ["make", "-n", "-W", "requirements.txt", ".venv/.installed"], timeout=30, cwd=REPO_DIR, text=True
+    )
+    commands = result.stdout.splitlines()
+    assert result.returncode == 0 and commands[0].startswith('echo "Creating .venv and installing requirements.txt')
+    assert any("pip install" in command for command in commands[1:])
+
+
 def test_importing_the_support_package_loads_no_service_library() -> None:
     code = """
         import sys
@@ -807,7 +820,7 @@ def test_importing_the_support_package_loads_no_service_library() -> None:
 @pytest.mark.parametrize("helper", ["start_worker_process", "run_script", "local_redis_server"])
 def test_children_of_a_killed_test_run_die_with_it(helper: str, tmp_path: Path) -> None:
     """SIGKILL a test process (as a CI timeout or a second Ctrl+C would) while its child runs: the child dies too."""
-    if helper == "local_redis_server" and not __import__("shutil").which("redis-server"):
+    if helper == "local_redis_server" and not shutil.which("redis-server"):
         pytest.skip("redis-server is not on PATH")
     script = tmp_path / "sleeper.py"
     script.write_text("import time\nprint('Worker ready', flush=True)\ntime.sleep(120)\n")
