@@ -48,10 +48,14 @@ def start_child(args: Sequence[str], **popen_options: Any) -> subprocess.Popen[A
 
 
 def stop_child(process: subprocess.Popen[Any]) -> None:
-    """SIGKILL the child's whole process group (if anything of it is still running) and reap the child."""
+    """SIGKILL the child's whole process group (if anything of it is still running), reap the child, close its
+    pipes."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def run_child(args: Sequence[str], *, timeout: float, **popen_options: Any) -> subprocess.CompletedProcess[Any]:
