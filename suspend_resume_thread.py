@@ -1,270 +1,299 @@
-"""Suspend a conversation thread to a file and resume it later - even in another process.
+"""Suspend a conversation to a file and resume it later, in another process, even while a tool waits for approval.
 
-A thread (an `AgentSession` on the current API) is serialized with `session.to_dict()`, written as JSON,
-and restored with `AgentSession.from_dict()`. What the file holds depends on where the history lives:
+`session.to_dict()` -> JSON -> `AgentSession.from_dict()`: a local thread's file carries its messages and any tool
+call waiting for a person's approval (`@tool(approval_mode="always_require")`, kept in `state["tool_approval"]`); a
+service-managed thread's file holds only the service's response id. `SessionFile` writes atomically and versions
+every save, so two processes continuing one file never lose a turn silently: the later one is told.
 
-1. Local thread (Chat Completions, default in-memory chat message store): the messages themselves are
-   in the file, under `state["in_memory"]["messages"]`.
-2. Service-managed thread (Responses API, `store=True`): the service keeps the history; the file holds
-   only the id of the last stored response (`service_session_id`).
-3. Suspend in one process, resume in another: `--suspend FILE` starts a conversation, saves it and
-   exits; `--resume FILE` loads it in a fresh process, continues, and saves it again. The default run
-   does both, the resume in a child process.
-
-Each part throws the agent and its client away before resuming, so everything the agent remembers
-afterwards came from the saved session.
-
-Run it:
-    python suspend_resume_thread.py                          # parts 1-3, part 3 resumes in a child process
-    python suspend_resume_thread.py --suspend session.json   # part 3 step by step: suspend ...
-    python suspend_resume_thread.py --resume session.json    # ... and resume (again and again) later
-
-Prerequisites: none. With nothing configured it talks to a deterministic offline model served on a
-loopback port by this process. Against a real model set, in the environment or in `.env`:
-    OPENAI_API_KEY + OPENAI_MODEL (optional OPENAI_BASE_URL), or
-    AZURE_OPENAI_ENDPOINT + AZURE_OPENAI_MODEL (+ AZURE_OPENAI_API_KEY, or an `az login`).
-Redis (REDIS_URL) and the Durable Task Scheduler (DTS_ENDPOINT, DTS_TASKHUB) are not used here.
-
-Part 3 suspends a local thread because its file is self-contained. A service-managed session resumes in
-another process just the same against a real service; the offline model, though, keeps its stored
-responses only while the process that served them runs.
+    python suspend_resume_thread.py                                      # parts 1-3, resuming in a child process
+    python suspend_resume_thread.py --suspend s.json [--say TEXT ...]    # start a conversation, save it
+    python suspend_resume_thread.py --resume s.json [--approve|--decline] # continue it, answer a waiting approval
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
+import stat
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NamedTuple
 
-from agent_framework import Agent, AgentSession, InMemoryHistoryProvider, Message
+from agent_framework import Agent, AgentSession, Content, Message, tool
 from agent_framework.openai import OpenAIChatClient, OpenAIChatCompletionClient
 
-from sample_support import ModelBackend, SampleError, open_backends, run_sample
-
-INSTRUCTIONS = "You are a friendly assistant. Answer briefly."
-# Where the default in-memory chat message store keeps a local thread's messages inside `session.state`.
-LOCAL_HISTORY = InMemoryHistoryProvider.DEFAULT_SOURCE_ID
-SHOWN_JSON_LINES = 40
+from sample_support import ModelBackend, open_backends, run_sample
 
 
-def new_agent(model: ModelBackend, *, service_managed: bool) -> Agent:
-    """A brand-new client and agent: nothing survives from an earlier one except what the session carries."""
-    if service_managed:
-        # Responses API with store=True (the default): the service keeps the history.
-        client: OpenAIChatClient | OpenAIChatCompletionClient = OpenAIChatClient(**model.client_kwargs())
-    else:
-        # Chat Completions: the history is local, kept by the default in-memory chat message store.
-        client = OpenAIChatCompletionClient(**model.client_kwargs())
-    return Agent(client=client, instructions=INSTRUCTIONS, name="Assistant")
+class SessionFileError(Exception):
+    """A session file that cannot be read, trusted or written; the message is one line naming the file."""
 
 
-async def say(agent: Agent, session: AgentSession, text: str) -> str:
-    print(f"User: {text}")
+class SessionConflictError(SessionFileError):
+    """Another process created or saved the file first; nothing was overwritten."""
+
+
+class SessionFile:
+    """One `AgentSession` in a JSON file `{"version": N, "session": session.to_dict()}` (POSIX: uses fcntl).
+
+    Atomic writes; `create` never overwrites; `save` is a compare-and-swap on the version last read or written
+    (the framework's `FileSessionStore` is last-writer-wins across processes and moves corrupt files aside)."""
+
+    MAX_BYTES = 32 * 1024 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.version = path, 0
+
+    def create(self, session: AgentSession) -> None:
+        temporary = self._write_temporary(session, 1)
+        try:
+            os.link(temporary, self.path)  # atomic and exclusive: of several creators exactly one succeeds
+        except OSError as error:
+            kind = SessionConflictError if isinstance(error, FileExistsError) else SessionFileError
+            raise kind(f"cannot create {self.path}: {error.strerror}; nothing was overwritten") from None
+        finally:
+            temporary.unlink()
+        self.version = 1
+
+    def load(self) -> AgentSession:
+        self.version, session = self._read()
+        return session
+
+    def save(self, session: AgentSession) -> None:
+        temporary = self._write_temporary(session, self.version + 1)
+        folder = os.open(self.path.parent, os.O_RDONLY)  # its lock makes the compare and the rename one step
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)  # released by os.close, or by the kernel if this process dies
+            if self._read()[0] != self.version:
+                raise SessionConflictError(
+                    f"{self.path} was saved by another process after this one read version {self.version}: "
+                    "this process's new turns were not saved (resume from the file again)"
+                )
+            os.replace(temporary, self.path)
+        finally:
+            os.close(folder)
+            temporary.unlink(missing_ok=True)
+        self.version += 1
+
+    def _write_temporary(self, session: AgentSession, version: int) -> Path:
+        try:
+            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            with open(fd, "w", encoding="utf-8") as file:
+                json.dump({"version": version, "session": session.to_dict()}, file, indent=2)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            raise SessionFileError(f"cannot save the session to {self.path}: {error.strerror}") from None
+        return Path(name)
+
+    def _read(self) -> tuple[int, AgentSession]:
+        try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+            with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+                info = os.fstat(file.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > self.MAX_BYTES:
+                    raise SessionFileError(f"{self.path} is not a regular file of at most {self.MAX_BYTES:,} bytes")
+                raw = file.read()
+        except OSError as error:
+            raise SessionFileError(f"cannot read the session file {self.path}: {error.strerror}") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            raise SessionFileError(f"{self.path} is not valid JSON ({error}); it was left unchanged") from None
+        saved = data.get("session") if isinstance(data, dict) else None
+        if not isinstance(saved, dict) or type(data.get("version")) is not int or saved.get("type") != "session":
+            raise SessionFileError(f'{self.path} is not a session file ({{"version": N, "session": {{...}}}})')
+        if not isinstance(saved.get("session_id"), str) or not saved["session_id"]:
+            raise SessionFileError(f"{self.path} holds a session without a session_id (a non-empty string)")
+        damaged = f"{self.path} holds a damaged session"
+        try:  # the history too: a model service rejects a damaged one with an error that blames the service
+            session = AgentSession.from_dict(saved)
+            called: set[str | None] = set()
+            for number, message in enumerate((session.state.get("in_memory") or {}).get("messages", []), 1):
+                if not isinstance(message, Message) or message.role not in ("system", "user", "assistant", "tool"):
+                    raise SessionFileError(f"{damaged}: message {number} has no valid role")
+                for content in message.contents:
+                    called.update([content.call_id] if content.type == "function_call" else [])
+                    if content.type == "function_result" and content.call_id not in called:
+                        raise SessionFileError(f"{damaged}: message {number} answers a tool call never made")
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise SessionFileError(f"{damaged}: {error}") from None
+        return data["version"], session
+
+
+def booking_tool(ledger: Path) -> Any:
+    """`book_flight` appends every booking it makes to `ledger`, so you can count what really ran."""
+
+    @tool(approval_mode="always_require")
+    def book_flight(destination: Annotated[str, "the city to fly to"]) -> str:
+        """Book a flight to a destination. It buys a ticket, so a person approves every call."""
+        with ledger.open("a", encoding="utf-8") as file:
+            file.write(f"{destination}\n")
+        return f"Booked a flight to {destination}."
+
+    return book_flight
+
+
+@contextlib.asynccontextmanager
+async def open_agent(model: ModelBackend, path: Path, *, service_managed: bool = False) -> AsyncIterator[Agent]:
+    """A brand-new client and agent for the session saved at `path`; nothing else survives from earlier ones."""
+    # Responses API (store=True): the service keeps the history. Chat Completions: the session keeps it.
+    client = (OpenAIChatClient if service_managed else OpenAIChatCompletionClient)(**model.client_kwargs())
+    tools = [booking_tool(path.with_name("bookings.txt"))]  # what book_flight did, readable from any process
+    try:
+        yield Agent(client=client, instructions="You are a helpful travel assistant.", tools=tools)
+    finally:
+        await client.client.close()  # the OpenAI SDK client, which `agent.close()` leaves open
+
+
+def pending_approvals(session: AgentSession) -> list[Content]:
+    """The tool calls waiting for a person's answer, as the framework keeps them in `state["tool_approval"]`."""
+    requests = (session.state.get("tool_approval") or {}).get("pending_approval_requests", [])
+    return [Content.from_dict(request) for request in requests]
+
+
+async def say(agent: Agent, session: AgentSession, text: str | Message) -> str:
+    print(f"User: {text if isinstance(text, str) else '(answers the approval)'}")
     response = await agent.run(text, session=session)
-    print(f"Agent: {response.text}")
+    for request in response.user_input_requests:
+        print(f"Approval: the agent asks to run {request.function_call.name}{request.function_call.arguments}")
+    print(f"Agent: {response.text or '(waits for the approval)'}")
     return response.text
 
 
-def local_messages(session: AgentSession) -> list[Any]:
-    return session.state.get(LOCAL_HISTORY, {}).get("messages", [])
+async def local_thread(model: ModelBackend, folder: Path) -> Outcome:
+    print("\n== 1. Local thread: suspended while a tool call waits for approval, resumed in another process ==")
+    path, declined, ledger = folder / "local_session.json", folder / "declined_session.json", folder / "bookings.txt"
+    await suspend(model, path, "My favorite color is blue.", "Book a flight to Paris.")
+    await run_child(path, "--approve")  # a new process: no agent, client or session object survives
+    print("The same conversation once more, declined in this process:")
+    await suspend(model, declined, "My favorite color is blue.", "Book a flight to Paris.")
+    replies = (await resume(model, declined, approve=False)).replies
+    print(f"Bookings made: {ledger.read_text().splitlines()} (the approved one; the declined call never ran)")
+    return Outcome(replies, SessionFile(path))
 
 
-# region Saving and loading a session file
-
-
-def save_session(session: AgentSession, path: Path) -> None:
-    """Write `session.to_dict()` as JSON; the old file is replaced only once the new one is complete."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(json.dumps(session.to_dict(), indent=2), encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as error:
-        raise SampleError(f"cannot save the session to {path}: {error.strerror}") from None
-
-
-def load_session(path: Path) -> AgentSession:
-    """Read a file written by `save_session`; anything wrong with it becomes one line naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SampleError(f"no saved session at {path}: create one with --suspend {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SampleError(f"cannot read the session file {path}: {error}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SampleError(
-            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); it was left unchanged"
-        ) from None
-    if (
-        not isinstance(data, dict)
-        or data.get("type") != "session"
-        or not isinstance(data.get("session_id"), str)
-        or not isinstance(data.get("state", {}), dict)
-    ):
-        raise SampleError(f"{path} does not hold a saved agent session (the JSON of session.to_dict())")
-    try:
-        return AgentSession.from_dict(data)
-    except (KeyError, TypeError, ValueError) as error:
-        raise SampleError(f"{path} holds a damaged session: {error}") from None
-
-
-def load_local_thread(path: Path) -> AgentSession:
-    """A session whose whole history is in the file, as `--suspend` writes it."""
-    session = load_session(path)
-    if session.service_session_id:
-        raise SampleError(
-            f"{path} holds a service-managed session (its history is stored by the service under "
-            f"{session.service_session_id!r}); --resume continues local threads written by --suspend"
-        )
-    history = session.state.get(LOCAL_HISTORY)
-    messages = history.get("messages") if isinstance(history, dict) else None
-    if not isinstance(messages, list):
-        keys = ", ".join(repr(key) for key in session.state) or "none"
-        raise SampleError(
-            f"{path} holds no in-memory history (state keys: {keys}): it was saved with a different chat "
-            "message store, whose messages are not in the file; --resume continues threads written by --suspend"
-        )
-    if not all(isinstance(message, Message) for message in messages):
-        raise SampleError(f"{path} holds a damaged session: state['{LOCAL_HISTORY}']['messages'] are not all messages")
-    return session
-
-
-def show_saved(path: Path) -> None:
-    """Print the session file as the reader would see it, cut after SHOWN_JSON_LINES lines."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    print(f"Saved {path.name} ({len(text.encode())} bytes):")
-    for line in lines[:SHOWN_JSON_LINES]:
-        print(f"    {line}")
-    if len(lines) > SHOWN_JSON_LINES:
-        print(f"    ... ({len(lines) - SHOWN_JSON_LINES} more lines)")
-
-
-# endregion
-
-# region The three parts
-
-
-async def local_thread(model: ModelBackend, folder: Path) -> None:
-    print("\n== 1. Local thread: the messages travel in the session file ==")
-    path = folder / "local_session.json"
-    agent = new_agent(model, service_managed=False)
-    session = agent.create_session()
-    await say(agent, session, "My name is Alice.")
-    save_session(session, path)
-    show_saved(path)
-    print(f"Suspended: {len(local_messages(session))} messages in state['{LOCAL_HISTORY}']['messages'].")
-
-    del agent, session  # the "restart": no agent, client or session object survives
-    agent = new_agent(model, service_managed=False)
-    session = load_local_thread(path)
-    print(f"Resumed session {session.session_id} with {len(local_messages(session))} messages, new agent and client.")
-    await say(agent, session, "What is my name?")
-    print(f"The session now holds {len(local_messages(session))} messages.")
-
-    print("Control - the same question in a new session, which has no history:")
-    await say(agent, agent.create_session(), "What is my name?")
-
-
-async def service_managed_thread(model: ModelBackend, folder: Path) -> None:
+async def service_managed_thread(model: ModelBackend, folder: Path) -> Outcome:
     print("\n== 2. Service-managed thread: the file holds only the service's response id ==")
-    path = folder / "service_session.json"
-    agent = new_agent(model, service_managed=True)
-    session = agent.create_session()
-    await say(agent, session, "I live in Paris.")
-    save_session(session, path)
-    show_saved(path)
-    suspended_id = session.service_session_id
-    print(f"Suspended: service_session_id={suspended_id}, local messages: {len(local_messages(session))}.")
-
-    del agent, session
-    agent = new_agent(model, service_managed=True)
-    session = load_session(path)
-    await say(agent, session, "Where do I live?")
-    # Each turn stores a new response that points back at the previous one: save again after every turn,
-    # or the next resume continues from the older response and this turn is forgotten.
-    save_session(session, path)
+    path, file = folder / "service_session.json", SessionFile(folder / "service_session.json")
+    await suspend(model, path, "I live in Paris.", service_managed=True)
+    suspended_id = (session := file.load()).service_session_id
+    async with open_agent(model, path, service_managed=True) as agent:
+        replies = [await say(agent, session, "Where do I live?")]
+    file.save(session)  # each turn stores a new response pointing at the last one: save after every turn
     print(f"service_session_id moved on: {suspended_id} -> {session.service_session_id} (saved again)")
+    return Outcome(replies, file)
 
 
-async def suspend(model: ModelBackend, path: Path) -> None:
-    """Part 3, first process: start a conversation and save it."""
-    if path.exists():
-        raise SampleError(f"{path} already exists: resume it with --resume {path}, or choose another file")
-    if not path.parent.is_dir():
-        raise SampleError(f"cannot save the session to {path}: the folder {path.parent} does not exist")
-    agent = new_agent(model, service_managed=False)
-    session = agent.create_session()
-    await say(agent, session, "My favorite color is blue.")
-    save_session(session, path)
-    print(f"Suspended session {session.session_id}: {len(local_messages(session))} messages saved to {path}")
+async def two_instances(model: ModelBackend, folder: Path) -> Outcome:
+    print("\n== 3. Two app instances continue one session at once: one wins, the other is told ==")
+    path = folder / "shared_session.json"
+    await suspend(model, path, "My name is Alice.")
+    first, second = SessionFile(path), SessionFile(path)  # what two processes would each hold
+    async with open_agent(model, path) as agent:
+        await say(agent, session_a := first.load(), "My favorite color is green.")
+        await say(agent, session_b := second.load(), "My favorite food is pasta.")
+    first.save(session_a)
+    try:
+        second.save(session_b)
+    except SessionConflictError as error:
+        print(f"Instance A saved version {first.version}. Instance B was told: {error}")
+        return Outcome([], first, told=str(error))
+    return Outcome([], second)
 
 
-async def resume(model: ModelBackend, path: Path) -> None:
-    """Part 3, a later process: load the conversation, continue it, save it again."""
-    session = load_local_thread(path)
-    count = len(local_messages(session))
-    print(f"Resumed session {session.session_id} from {path}: {count} messages, in process {os.getpid()}")
-    agent = new_agent(model, service_managed=False)
-    await say(agent, session, "What is my favorite color?")
-    await say(agent, session, "Summarize our conversation.")
-    save_session(session, path)
-    print(f"Suspended again: {len(local_messages(session))} messages saved to {path}")
+async def suspend(model: ModelBackend, path: Path, *texts: str, service_managed: bool = False) -> Outcome:
+    """`--suspend`: start a conversation and save it to a new file."""
+    async with open_agent(model, path, service_managed=service_managed) as agent:
+        session = agent.create_session()
+        replies = [await say(agent, session, text) for text in texts or ["My favorite color is blue."]]
+    (file := SessionFile(path)).create(session)
+    print(f"Suspended session {session.session_id}: {len(messages_of(session))} messages saved to {path} (version 1)")
+    return Outcome(replies, file)
 
 
-async def suspend_and_resume_in_child(model: ModelBackend, folder: Path) -> None:
-    print("\n== 3. Suspend in this process, resume in another one ==")
-    path = folder / "suspended_session.json"
-    print(f"This process ({os.getpid()}) runs --suspend:")
-    await suspend(model, path)
-    command = [sys.executable, str(Path(__file__).resolve()), "--resume", str(path)]
-    print(f"A child process runs: python {Path(__file__).name} --resume {path}")
-    # The child gets this environment, so it selects the same kind of model; it shares nothing else with us.
-    child = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    stdout, stderr = await child.communicate()
-    for line in stdout.decode().splitlines():
-        print(f"  child | {line}")
-    if child.returncode != 0:
-        last_line = (stderr.decode().strip().splitlines() or ["no error output"])[-1]
-        raise SampleError(f"the resuming child process failed (exit status {child.returncode}): {last_line}")
-    sys.stderr.write(stderr.decode())  # nothing, normally; but a warning from the child must not be hidden
-    print(f"Back in the parent: the file now holds {len(local_messages(load_local_thread(path)))} messages.")
+async def resume(model: ModelBackend, path: Path, approve: bool | None = None) -> Outcome:
+    """`--resume`: load the conversation, answer the tool call waiting for approval, continue it, save it again."""
+    session = (file := SessionFile(path)).load()
+    if session.service_session_id or not isinstance(session.state.get("in_memory"), dict):
+        raise SessionFileError(f"{path} holds no local thread (its messages are kept elsewhere); use --suspend")
+    waiting = pending_approvals(session)
+    print(f"Resumed {path} in process {os.getpid()}: {len(messages_of(session))} messages, version {file.version}")
+    for request in waiting:
+        answer = {True: "approved", False: "declined"}.get(approve, "no answer given")
+        call = request.function_call
+        print(f"Approval (kept in state['tool_approval']): {call.name}{call.arguments} waits for a person: {answer}")
+    if bool(waiting) != (approve is not None):
+        problem = "waits for an answer: add --approve or --decline" if waiting else "has no tool call waiting"
+        raise SessionFileError(f"{path} {problem}")
+    async with open_agent(model, path) as agent:
+        answers = [request.to_function_approval_response(approved=approve) for request in waiting]
+        replies = [await say(agent, session, Message(role="user", contents=answers))] if waiting else []
+        questions = ("What is my favorite color?", "Summarize our conversation.")
+        replies += [await say(agent, session, text) for text in questions]
+    file.save(session)
+    print(f"Suspended again: {len(messages_of(session))} messages saved to {path} (version {file.version})")
+    return Outcome(replies, file)
 
 
-# endregion
-
-
-async def main(suspend_to: Path | None = None, resume_from: Path | None = None) -> None:
+async def main(argv: Sequence[str] = ()) -> dict[str, Outcome]:
+    arguments = parse_args(argv)
     async with open_backends() as backends:
-        if suspend_to:
-            await suspend(backends.model, suspend_to)
-            return
-        if resume_from:
-            await resume(backends.model, resume_from)
-            return
-        with tempfile.TemporaryDirectory(prefix="suspend_resume_") as folder:
-            print(f"Session files go to {folder} (deleted at the end).")
-            await local_thread(backends.model, Path(folder))
-            await service_managed_thread(backends.model, Path(folder))
-            await suspend_and_resume_in_child(backends.model, Path(folder))
+        if arguments.suspend:
+            return {"suspend": await suspend(backends.model, arguments.suspend, *(arguments.say or []))}
+        if arguments.resume:
+            return {"resume": await resume(backends.model, arguments.resume, arguments.approve)}
+        with tempfile.TemporaryDirectory(prefix="suspend_resume_") as name:
+            print(f"Session files go to {name} (deleted at the end).")
+            parts = (local_thread, service_managed_thread, two_instances)
+            return {part.__name__: await part(backends.model, Path(name)) for part in parts}
 
 
-def parse_args() -> argparse.Namespace:
+class Outcome(NamedTuple):  # what a part did, for the tests
+    replies: list[str]
+    file: SessionFile
+    told: str = ""
+
+
+def messages_of(session: AgentSession) -> list[Message]:
+    return session.state.get("in_memory", {}).get("messages", [])
+
+
+async def run_child(path: Path, *options: str) -> None:
+    command = [sys.executable, str(Path(__file__).resolve()), "--resume", str(path), *options]
+    child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)  # its stderr is ours
+    print(f"A child process (pid {child.pid}) runs: python {' '.join(command[1:])}", flush=True)
+    try:
+        stdout, _ = await child.communicate()
+    except BaseException:  # Ctrl+C or SIGTERM: the child must not outlive this process
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
+        raise
+    print(*(f"  child | {line}" for line in stdout.decode().splitlines()), sep="\n")
+    if child.returncode:
+        raise SessionFileError(f"the resuming child process failed (exit status {child.returncode})")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    steps = parser.add_mutually_exclusive_group()
-    steps.add_argument("--suspend", type=Path, metavar="FILE", help="start a conversation and save it to FILE")
-    steps.add_argument("--resume", type=Path, metavar="FILE", help="continue the conversation saved in FILE")
-    return parser.parse_args()
+    step = parser.add_mutually_exclusive_group()
+    step.add_argument("--suspend", type=Path, metavar="FILE", help="start a conversation and save it to a new FILE")
+    step.add_argument("--resume", type=Path, metavar="FILE", help="continue the conversation saved in FILE")
+    parser.add_argument("--say", metavar="TEXT", action="append", help="with --suspend: a message (repeatable)")
+    answer = parser.add_mutually_exclusive_group()
+    answer.add_argument("--approve", dest="approve", action="store_const", const=True, help="with --resume: say yes")
+    answer.add_argument("--decline", dest="approve", action="store_const", const=False, help="with --resume: say no")
+    arguments = parser.parse_args(argv)
+    if (arguments.say and not arguments.suspend) or (arguments.approve is not None and not arguments.resume):
+        parser.error("--say goes with --suspend, --approve and --decline with --resume")
+    return arguments
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    run_sample(main(arguments.suspend, arguments.resume))
+    run_sample(main(sys.argv[1:]), errors=(SessionFileError,))
