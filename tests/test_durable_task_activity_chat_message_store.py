@@ -1,11 +1,13 @@
-"""durable_task_activity_chat_message_store.py: metadata for every message, contiguous sequence numbers,
-idempotent enrichment, the size budget, and the demo with its worker in another process."""
+"""durable_task_activity_chat_message_store.py: metadata for every message, contiguous sequence numbers, idempotent
+enrichment, the size budget, two writers at once, the copy-paste check, and the demo with its worker elsewhere."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -17,33 +19,55 @@ from durabletask.client import TaskHubGrpcClient
 import durable_task_activity_chat_message_store as sample
 from durable_task_activity_chat_message_store import (
     DurableTaskActivityChatMessageStore,
+    EnrichedChatHistory,
     enrich_chat_records,
 )
-from durable_task_chat_message_store import HistoryTooLarge, append, new_messages, payload_bytes
+from durable_task_chat_message_store import ChatHistory, HistoryTooLarge
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
-from tests.test_durable_task_chat_message_store import tool_exchange
+from tests.conftest import REPO_DIR, ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
+from tests.standalone import run_standalone, standalone_source
+from tests.test_durable_task_chat_message_store import PUBLIC_API, every_content_type, text_of, tool_exchange
 
 SCRIPT = "durable_task_activity_chat_message_store.py"
+COPYABLE = ["WORKER_ID", "enrich_chat_records", "activity_chat_history_orchestrator", "EnrichedChatHistory"]
+COPYABLE += ["ChatRecord", "DurableTaskActivityChatMessageStore"]
 
 
-def test_rerunning_the_activity_with_the_same_input_adds_nothing(client: TaskHubGrpcClient) -> None:
+def test_rerunning_the_activity_with_the_same_input_adds_nothing() -> None:
     """At-least-once delivery: a second run returns the same records, and applying them again stores nothing."""
-    store = DurableTaskActivityChatMessageStore(client)
-    state = store.initial_state()
-    write = {"write_id": "w1", "messages": [message.to_dict() for message in tool_exchange(1)], "first_sequence": 1}
+    history = EnrichedChatHistory(EnrichedChatHistory.new(every=4, budget_bytes=200_000))
+    write = {
+        "write_id": "w1",
+        "messages": [m.to_dict() | {"message_id": f"x{i}"} for i, m in enumerate(tool_exchange(1))],
+    }
+    write["first_sequence"] = 1
     first = enrich_chat_records(task.ActivityContext("orchestration", 1), write)
     again = enrich_chat_records(task.ActivityContext("orchestration", 2), write)
     assert first["messages"] == again["messages"] == write["messages"]
     for field in ("sequence", "message_id", "write_id", "role", "author", "content_types", "size_bytes"):
         assert [record[field] for record in first["metadata"]] == [record[field] for record in again["metadata"]]
 
-    assert append(state, "w1", first)
-    assert new_messages(state, write) is None  # the same write id: nothing to enrich
-    assert new_messages(state, {**write, "write_id": "w2"}) == []  # the same messages under a new write id
-    assert len(state["messages"]) == len(state["metadata"]) == 4
+    assert history.append("w1", first)
+    assert history.new_messages(write) is None  # the same write id: nothing to enrich
+    assert history.new_messages({**write, "write_id": "w2"}) == []  # the same messages under a new write id
+    state = history.state
+    assert len(state["messages"]) == len(state["metadata"]) == 4 and state["next_sequence"] == 5
     assert (state["duplicate_writes"], state["duplicate_messages"]) == (1, 4)
+    assert state["bytes"] == sum(
+        ChatHistory.size(list(row)) for row in zip(state["messages"], state["metadata"], strict=True)
+    )
+
+
+def test_the_sample_imports_only_the_public_api_of_the_chat_store() -> None:
+    tree = ast.parse((REPO_DIR / SCRIPT).read_text(encoding="utf-8"))
+    imported = [
+        alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module == "durable_task_chat_message_store"
+        for alias in node.names
+    ]
+    assert imported and set(imported) <= set(PUBLIC_API)
 
 
 @pytest.fixture(scope="class")
@@ -69,16 +93,13 @@ class TestWithAWorker:
 
         async def scenario() -> None:
             store = DurableTaskActivityChatMessageStore(client, writes_per_generation=2)
-            agent = Agent(
-                client=OpenAIChatCompletionClient(**select_model().client_kwargs()),
-                name="Researcher",
-                tools=[get_weather],
-                context_providers=[store],
-            )
+            chat_client = OpenAIChatCompletionClient(**select_model().client_kwargs())
+            agent = Agent(client=chat_client, name="Researcher", tools=[get_weather], context_providers=[store])
             session = agent.create_session(session_id=session_id)
             await agent.run("My name is Alice.", session=session)
             weather = await agent.run("What's the weather in Seattle?", session=session)
             name = await agent.run("What is my name?", session=session)
+            await chat_client.client.close()
             assert weather_calls == ["Seattle"] and "Measured in Seattle: 21 degrees." in weather.text
             assert "Alice" in name.text
 
@@ -95,7 +116,7 @@ class TestWithAWorker:
                 assert meta["role"] == record.message.role
                 assert meta["author"] == ("user" if record.message.role == "user" else "Researcher")
                 assert meta["content_types"] == sorted({content.type for content in record.message.contents})
-                assert meta["size_bytes"] == payload_bytes(stored)
+                assert meta["size_bytes"] == ChatHistory.size(stored)
                 assert meta["worker_id"] == sample.WORKER_ID  # this process's in-process worker
                 datetime.fromisoformat(meta["stored_at"])
             write_ids = [record.metadata["write_id"] for record in records]
@@ -148,12 +169,16 @@ class TestWithAWorker:
             store = DurableTaskActivityChatMessageStore(client, history_budget_bytes=budget)
             with pytest.raises(HistoryTooLarge, match="nothing was stored"):
                 await store.save_messages(session_id, [Message("user", ["x" * budget])])
+            with pytest.raises(HistoryTooLarge, match="history budget of 200,000 bytes"):  # a 1 MB message
+                await DurableTaskActivityChatMessageStore(client).save_messages(
+                    session_id, [Message("user", ["y" * 2**20])]
+                )
             for number in range(6):
                 await store.save_messages(session_id, tool_exchange(number))
                 records = await store.get_records(session_id)  # raises if messages and metadata ever disagree
                 status = await store.read_status(session_id)
                 assert status is not None
-                assert payload_bytes({"messages": status["messages"], "metadata": status["metadata"]}) <= budget
+                assert ChatHistory.size({"messages": status["messages"], "metadata": status["metadata"]}) <= budget
                 sequences = [record.metadata["sequence"] for record in records]
                 assert sequences == list(range(status["trimmed"] + 1, status["next_sequence"]))
                 assert records[0].message.role == "user"
@@ -167,34 +192,143 @@ class TestWithAWorker:
 
         asyncio.run(scenario())
 
+    @pytest.mark.timeout(30)
+    def test_every_content_type_round_trips_with_its_metadata(self, client: TaskHubGrpcClient) -> None:
+        session_id = unique("contents")
+        written = every_content_type()
+
+        async def scenario() -> None:
+            store = DurableTaskActivityChatMessageStore(client)
+            await store.save_messages(session_id, written, write_id="w-all")
+            records = await store.get_records(session_id)
+            expected = [message.to_dict() for message in written]
+            expected[5]["message_id"] = "w-all-5"
+            assert [record.message.to_dict() for record in records] == expected
+            assert [record.metadata["content_types"] for record in records][3:5] == [["error"], ["uri"]]
+
+        asyncio.run(scenario())
+
+    @pytest.mark.timeout(60)
+    def test_two_writers_at_once_lose_nothing_and_each_write_keeps_consecutive_sequence_numbers(
+        self, scheduler: SchedulerBackend
+    ) -> None:
+        session_id = unique("two-writers")
+        clients = [scheduler.client(), scheduler.client()]
+
+        async def writer(number: int) -> None:
+            store = DurableTaskActivityChatMessageStore(clients[number], writes_per_generation=3)
+            for write in range(6):
+                await store.save_messages(
+                    session_id, [Message("user", [f"{number}.{write}.{part}"]) for part in range(3)]
+                )
+            await store.get_records(session_id)
+
+        async def scenario() -> list[sample.ChatRecord]:
+            await asyncio.gather(writer(0), writer(1))
+            return await DurableTaskActivityChatMessageStore(clients[0]).get_records(session_id)
+
+        try:
+            records = asyncio.run(scenario())
+        finally:
+            for each in clients:
+                each.close()
+        assert sorted(text_of(r.message) for r in records) == sorted(
+            f"{n}.{w}.{p}" for n in (0, 1) for w in range(6) for p in range(3)
+        )
+        assert [record.metadata["sequence"] for record in records] == list(range(1, 37))
+        for start in range(0, 36, 3):  # a write's three messages are consecutive, in order, under one write id
+            write = records[start : start + 3]
+            assert len({record.metadata["write_id"] for record in write}) == 1
+            assert [text_of(record.message).rsplit(".", 1)[1] for record in write] == ["0", "1", "2"]
+
 
 @pytest.mark.timeout(90)
-def test_the_demo_with_its_worker_in_a_separate_process(
-    scheduler_endpoint: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_demo_with_its_worker_in_a_separate_process(scheduler_endpoint: str) -> None:
     worker = start_worker_process(SCRIPT)
     try:
-        asyncio.run(sample.main(role="client"))
+        seen = asyncio.run(sample.main(role="client"))
     finally:
         stop_worker_process(worker)
-    output = capsys.readouterr().out
-    assert "Agent: Your name is Alice." in output.split("== 2. Restart")[1].split("== 3.")[0]
-    worker_line = next(line for line in output.splitlines() if line.startswith("Enriched by worker(s):"))
-    assert worker_line.endswith(f":{worker.pid}")  # the records were enriched in the worker process, not here
+    assert seen["recall"] == "Your name is Alice." and seen["control"].startswith("I don't know your name")
+    assert seen["retried"] == "Your favorite drink is tea."
+    # Every record was enriched in the worker process, not here.
+    assert {record.metadata["worker_id"].rsplit(":", 1)[1] for record in seen["records"]} == {str(worker.pid)}
+    assert [record.metadata["sequence"] for record in seen["records"]] == list(range(1, 14))
+    assert seen["status"]["duplicate_writes"] == 1 and seen["status"]["stats"]["activity_calls"] == 6
+    assert [text_of(r.message) for r in seen["records"]].count("My favorite drink is tea.") == 1
 
 
 @pytest.mark.timeout(90)
-def test_the_script_runs_as_a_user_would(run_script: ScriptRunner) -> None:
-    result = run_script(SCRIPT, timeout=80)
+def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: ScriptRunner) -> None:
+    result = run_script(SCRIPT, timeout=80, env={"PYTHONDEVMODE": "1", "PYTHONWARNINGS": "error::ResourceWarning"})
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert "ResourceWarning" not in result.stderr and "Traceback" not in result.stderr
     out = result.stdout
     assert out.startswith("Backends: model=offline model")
-    assert "Agent: The weather in Seattle" in out.split("== 2.")[0]
-    assert "Agent: Your name is Alice." in out.split("== 2. Restart")[1].split("== 3.")[0]
-    assert "Agent: I don't know your name" in out.split("== 3. Control")[1].split("== 4.")[0]
-    table = out.split("== 5. Diagnostics")[1].split("Enriched by worker(s)")[0].splitlines()[2:-1]
-    assert [int(line.split()[0]) for line in table] == list(range(1, len(table) + 1))
+    assert "Agent: The weather in Seattle: sunny, 18 degrees Celsius (sample data for Seattle)." in out
+    assert "User: My favorite drink is tea." in out and "Agent: Your favorite drink is tea." in out
+    table = out.split("== 4. Diagnostics")[1].split("Enriched by worker(s)")[0].splitlines()[2:]
+    assert [int(line.split()[0]) for line in table] == list(range(1, 14))
     assert any("[call get_weather(" in line for line in table)
-    assert "activity_calls=5" in out.split("== 4.")[1] and "duplicate_writes=1" in out.split("== 4.")[1]
-    assert "Ended the demo's history orchestrations" in out
+    assert all(line.endswith((".", "!", "?", "...", ")]")) for line in table), table  # no word cut in half
+
+
+def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
+    helped = run_script(SCRIPT, "--help", timeout=30)
+    assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
+    refused = run_script(SCRIPT, "--role", "both", timeout=30)
+    assert refused.returncode == 2 and "invalid choice: 'both'" in refused.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_activity_store_works_copied_alone_with_the_chat_stores_public_api(tmp_path: Path) -> None:
+    """A reader copies the chat store's public API into `durable_task_chat_message_store.py` of their app and the
+    activity store (with the script's own import line) next to it; nothing else comes along."""
+    base = standalone_source("durable_task_chat_message_store.py", ["SCHEMA_VERSION", "ENDED", *PUBLIC_API])
+    (tmp_path / "durable_task_chat_message_store.py").write_text(base, encoding="utf-8")
+    tree = ast.parse(source := (REPO_DIR / SCRIPT).read_text(encoding="utf-8"))
+    line = next(
+        ast.get_source_segment(source, node)
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module == "durable_task_chat_message_store"
+    )
+    activity = standalone_source(SCRIPT, COPYABLE).replace("\n\n", f"\n{line}\n\n", 1)  # after `from __future__`
+    (tmp_path / "activity_store.py").write_text(activity, encoding="utf-8")
+    run_standalone(tmp_path, "durable_task_chat_message_store.py", ["ChatHistory"], STANDALONE_BODY)
+
+
+STANDALONE_BODY = """
+    import asyncio, socket
+    from agent_framework import Message
+    from durabletask.client import TaskHubGrpcClient
+    from durabletask.testing import InMemoryOrchestrationBackend
+    from durabletask.worker import TaskHubGrpcWorker
+    from activity_store import DurableTaskActivityChatMessageStore
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = InMemoryOrchestrationBackend(port=port)
+    backend.start()
+    worker = TaskHubGrpcWorker(host_address=f"localhost:{port}")
+    DurableTaskActivityChatMessageStore.register(worker)
+    worker.start()
+    client = TaskHubGrpcClient(host_address=f"localhost:{port}")
+
+    async def round_trip():
+        store = DurableTaskActivityChatMessageStore(client, writes_per_generation=2)
+        for n in range(3):
+            await store.save_messages("session-1", [Message("user", [f"m{n}"]), Message("assistant", [f"r{n}"])])
+        assert len(await store.get_records("session-1")) == 6  # waits for its own writes
+        records = await DurableTaskActivityChatMessageStore(client).get_records("session-1")  # a new store instance
+        assert [record.message.text for record in records] == ["m0", "r0", "m1", "r1", "m2", "r2"]
+        assert [record.metadata["sequence"] for record in records] == [1, 2, 3, 4, 5, 6]
+        print("copied activity store: ok")
+
+    try:
+        asyncio.run(round_trip())
+    finally:
+        client.close()
+        worker.stop()
+        backend.stop(grace=0.5)
+"""

@@ -1,28 +1,45 @@
-"""durable_task_chat_message_store.py: read-your-writes, restart recall, idempotent writes, the size budget."""
+"""durable_task_chat_message_store.py: read-your-writes, restart recall, idempotent writes, the size budget, the
+incremental append, ids and foreign or corrupt histories, two writers at once, the copy-paste check, the script."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from agent_framework import AgentSession, Content, Message
-from durabletask.client import TaskHubGrpcClient
+from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 
 import durable_task_chat_message_store as sample
 from durable_task_chat_message_store import (
+    ChatHistory,
+    ChatHistoryError,
     DurableTaskChatMessageStore,
+    HistoryTimeout,
     HistoryTooLarge,
-    append,
-    new_history_state,
-    payload_bytes,
+    InvalidArgument,
+    chat_history_orchestrator,
 )
 from sample_support import SchedulerBackend, select_model
-from sample_support.durable_worker import StatusTimeout
 from sample_support.offline_model import OfflineModelServer
 from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
+from tests.standalone import run_standalone
 
 SCRIPT = "durable_task_chat_message_store.py"
+# What the activity and multi-agent samples may import from this script (its module docstring lists the same).
+PUBLIC_API = (
+    "ChatHistoryError",
+    "InvalidArgument",
+    "HistoryTooLarge",
+    "HistoryTimeout",
+    "chat_history_orchestrator",
+    "ChatHistory",
+    "DurableTaskChatMessageStore",
+)
 
 
 def text_of(message: Message) -> str:
@@ -44,28 +61,134 @@ def tool_exchange(number: int) -> list[Message]:
     ]
 
 
-def test_budget_and_interval_are_checked_against_the_scheduler_message_limit(client: TaskHubGrpcClient) -> None:
-    with pytest.raises(ValueError, match="lower one of them"):
+def every_content_type() -> list[Message]:
+    """One message per content type the framework has, with author names, ids and unicode."""
+    call = Content.from_function_call(call_id="call-7", name="lookup", arguments='{"q": "naïve café ☕"}')
+    return [
+        Message("user", ["Grüße, 你好, emoji 🎉"], author_name="Zoë", message_id="m-text"),
+        Message("assistant", [call], author_name="Assistant", message_id="m-call"),
+        Message("tool", [Content.from_function_result(call_id="call-7", result={"ok": True})], message_id="m-result"),
+        Message("assistant", [Content.from_error(message="boom", error_code="E1")], message_id="m-error"),
+        Message(
+            "user", [Content.from_uri(uri="https://example.com/a.png", media_type="image/png")], message_id="m-uri"
+        ),
+        Message("user", [Content.from_data(data=b"\x00\x01binary", media_type="application/octet-stream")]),
+        Message("assistant", [Content.from_usage({"input_token_count": 3, "output_token_count": 5})], message_id="m-u"),
+    ]
+
+
+# --- The orchestrator's state, without a scheduler -----------------------------------------------------------------
+
+
+def test_constructor_refuses_settings_that_are_not_positive_integers_or_could_pass_the_message_limit(
+    client: TaskHubGrpcClient,
+) -> None:
+    with pytest.raises(InvalidArgument, match="lower one"):
         DurableTaskChatMessageStore(client, writes_per_generation=20, history_budget_bytes=200_000)
-    with pytest.raises(ValueError):
-        DurableTaskChatMessageStore(client, writes_per_generation=0)
+    for bad in (0, -1, 1e30, 2.5, True, "4", None):
+        with pytest.raises(ValueError):  # InvalidArgument is a ValueError
+            DurableTaskChatMessageStore(client, writes_per_generation=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            DurableTaskChatMessageStore(client, history_budget_bytes=bad)  # type: ignore[arg-type]
+    for bad_timeout in (0, -1.0, float("nan")):
+        with pytest.raises(InvalidArgument):
+            DurableTaskChatMessageStore(client, read_timeout=bad_timeout)
     DurableTaskChatMessageStore(client, writes_per_generation=4, history_budget_bytes=200_000)
 
 
 def test_trimming_never_leaves_an_orphan_tool_result() -> None:
     """Writes without user messages (an agent talking to tools) are still trimmed, never cutting call from result."""
     budget = 1_500
-    state = new_history_state(every=4, budget_bytes=budget)
-    written: list[dict] = []
+    history = ChatHistory(ChatHistory.new(every=4, budget_bytes=budget))
+    state, written = history.state, []
     for number in range(8):
         records = [message.to_dict() for message in tool_exchange(number)[1:]]  # call, result, answer
         written += records
-        assert append(state, f"w{number}", {"messages": records})
-        assert payload_bytes(state["messages"]) <= budget
+        assert history.append(f"w{number}", {"messages": records})
+        assert ChatHistory.size(state["messages"]) <= budget
         assert state["messages"][0]["role"] != "tool"
         assert state["messages"] == written[len(written) - len(state["messages"]) :]
         assert state["trimmed"] == len(written) - len(state["messages"])
     assert state["trimmed"] > 0
+
+
+def reference_trim(rows: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The rule as the store stated it before the running total: size every kept row, cut at whole exchanges."""
+    sizes = [ChatHistory.size([row]) for row in rows]
+    total, cut = sum(sizes), 0
+    while total > budget:
+        later = range(cut + 1, len(rows))
+        next_cut = next((i for i in later if rows[i]["role"] == "user"), None)
+        next_cut = next_cut or next((i for i in later if rows[i]["role"] != "tool"), None)
+        if next_cut is None:
+            break
+        total, cut = total - sum(sizes[cut:next_cut]), next_cut
+    return rows[cut:]
+
+
+def test_the_running_byte_total_keeps_what_sizing_the_whole_history_kept() -> None:
+    budget, reference = 6_000, []
+    history = ChatHistory(ChatHistory.new(every=4, budget_bytes=budget))
+    for number in range(60):  # a mix of plain and tool-calling exchanges of varying size
+        exchange = tool_exchange(number) if number % 3 else [Message("user", ["x" * (37 * number % 900)])]
+        records = [{**message.to_dict(), "message_id": f"{number}-{i}"} for i, message in enumerate(exchange)]
+        assert history.append(f"w{number}", {"messages": records})
+        reference = reference_trim(reference + records, budget)
+        assert history.state["messages"] == reference
+        assert history.state["bytes"] == sum(ChatHistory.size([row]) for row in reference)
+    assert history.state["trimmed"] > 100
+
+
+def test_an_append_sizes_only_its_new_rows_and_a_replay_publishes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No re-serialising the whole history per write: at 2,000 stored messages an append sizes its 2 new rows."""
+    history = ChatHistory(ChatHistory.new(every=4, budget_bytes=10_000_000))
+    history.append(
+        "prefill", {"messages": [{**Message("user", [f"m{n}"]).to_dict(), "message_id": f"m{n}"} for n in range(2_000)]}
+    )
+    sized: list[Any] = []
+    original = ChatHistory.size
+    monkeypatch.setattr(ChatHistory, "size", staticmethod(lambda value: sized.append(value) or original(value)))
+    new = [
+        {**Message("user", ["new"]).to_dict(), "message_id": "n1"},
+        {**Message("assistant", ["ok"]).to_dict(), "message_id": "n2"},
+    ]
+    assert history.append("w", {"messages": new})
+    assert len(sized) == 3  # the write as a whole (the budget check), then each of its two rows
+    assert len(history.state["messages"]) == 2_002
+
+    class Context:  # the part of an orchestration context the orchestrator uses
+        def __init__(self, replayed: int) -> None:
+            self.replayed, self.published = replayed, 0
+
+        @property
+        def is_replaying(self) -> bool:
+            return self.replayed > 0
+
+        def set_custom_status(self, status: Any) -> None:
+            self.published += 1
+
+        def wait_for_external_event(self, name: str) -> str:
+            self.replayed -= 1
+            return name
+
+        def continue_as_new(self, state: Any, save_events: bool) -> None:
+            pass
+
+    def run_generation(replayed: int) -> int:
+        """Drive one generation of three writes, the first `replayed` events as a replay; count the publishes."""
+        context = Context(replayed)
+        steps = chat_history_orchestrator(context, ChatHistory.new(every=3, budget_bytes=10_000))  # type: ignore[arg-type]
+        next(steps)
+        for number in range(3):
+            with contextlib.suppress(StopIteration):
+                steps.send({"write_id": f"w{number}", "messages": [{**new[0], "message_id": f"m{number}"}]})
+        return context.published
+
+    assert run_generation(replayed=3) == 1  # the start and two writes replayed: only the new write serialises
+    assert run_generation(replayed=0) == 4  # nothing replayed: the start and each write publish
+
+
+# --- With a worker on the test scheduler ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="class")
@@ -106,12 +229,12 @@ class TestWithAWorker:
         self, scheduler: SchedulerBackend, offline_model: OfflineModelServer
     ) -> None:
         session_id, control_id = unique("alice"), unique("control")
-        model = select_model()
 
         async def scenario() -> None:
+            chat_client = sample.OpenAIChatCompletionClient(**select_model().client_kwargs())
             first_client = scheduler.client()
             store = DurableTaskChatMessageStore(first_client, writes_per_generation=2)
-            agent = sample.new_agent(model, store)
+            agent = sample.new_agent(chat_client, store)
             session = agent.create_session(session_id=session_id)
             await agent.run("My name is Alice.", session=session)
             await agent.run("I live in Paris.", session=session)
@@ -119,7 +242,7 @@ class TestWithAWorker:
 
             restarted_client = scheduler.client()
             restarted = DurableTaskChatMessageStore(restarted_client, writes_per_generation=2)
-            agent = sample.new_agent(model, restarted)
+            agent = sample.new_agent(chat_client, restarted)
             name = await agent.run("What is my name?", session=AgentSession(session_id=session_id))
             place = await agent.run("Where do I live?", session=AgentSession(session_id=session_id))
             control = await agent.run("What is my name?", session=agent.create_session(session_id=control_id))
@@ -131,6 +254,7 @@ class TestWithAWorker:
             assert [message["role"] for message in status["messages"]] == ["user", "assistant"] * 4
             assert status["writes"] == 4 and status["generation"] == 2
             restarted_client.close()
+            await chat_client.client.close()
 
         asyncio.run(scenario())
 
@@ -164,6 +288,8 @@ class TestWithAWorker:
             await store.save_messages(session_id, [Message("user", ["kept"])])
             with pytest.raises(HistoryTooLarge, match="nothing was stored"):
                 await store.save_messages(session_id, [oversize])
+            with pytest.raises(HistoryTooLarge, match="history budget of 200,000 bytes"):  # a 1 MB message
+                await DurableTaskChatMessageStore(client).save_messages(session_id, [Message("user", ["y" * 2**20])])
             assert [text_of(message) for message in await store.get_messages(session_id)] == ["kept"]
 
             # A store with a larger budget sends it; the orchestration keeps its own budget and refuses it.
@@ -176,7 +302,7 @@ class TestWithAWorker:
 
         asyncio.run(scenario())
         state = client.get_orchestration_state(f"chat-history-{session_id}")
-        assert state is not None and state.runtime_status.name == "RUNNING"
+        assert state is not None and state.runtime_status == OrchestrationStatus.RUNNING
 
     @pytest.mark.timeout(30)
     def test_trimming_drops_the_oldest_exchanges_to_stay_within_the_budget(self, client: TaskHubGrpcClient) -> None:
@@ -193,36 +319,202 @@ class TestWithAWorker:
                 status = await store.read_status(session_id)
                 assert status is not None
                 kept = status["messages"]
-                assert payload_bytes(kept) <= budget
+                assert ChatHistory.size(kept) <= budget
                 assert kept == written[len(written) - len(kept) :]  # the newest messages, in order
                 assert kept[0]["role"] == "user"  # whole exchanges only
                 assert status["trimmed"] == len(written) - len(kept)
+                assert status["bytes"] == sum(ChatHistory.size([row]) for row in kept)
                 if status["trimmed"]:  # and no more than needed: the previous exchange would not fit
-                    assert payload_bytes(written[len(written) - len(kept) - 4 :]) > budget
+                    assert ChatHistory.size(written[len(written) - len(kept) - 4 :]) > budget
             assert status["trimmed"] > 0
 
         asyncio.run(scenario())
+
+    @pytest.mark.timeout(30)
+    def test_every_content_type_round_trips(self, client: TaskHubGrpcClient) -> None:
+        session_id = unique("contents")
+        written = every_content_type()
+
+        async def scenario() -> None:
+            await DurableTaskChatMessageStore(client).save_messages(session_id, written, write_id="w-all")
+            loaded = await DurableTaskChatMessageStore(client).get_messages(session_id)  # a fresh store: a restart
+            while not loaded:
+                loaded = await DurableTaskChatMessageStore(client).get_messages(session_id)
+            expected = [message.to_dict() for message in written]
+            expected[5]["message_id"] = "w-all-5"  # the store names a message that had no id
+            assert [message.to_dict() for message in loaded] == expected
+
+        asyncio.run(scenario())
+
+    @pytest.mark.timeout(30)
+    def test_hostile_ids_and_source_ids_each_get_their_own_history(self, client: TaskHubGrpcClient) -> None:
+        run = unique("ids")
+        hostile = [
+            f"{run}/../x",
+            f"{run}%2F..%2Fx",
+            f"{run}'\"; DROP",
+            f"{run}:a*?[",
+            f"{run} ünï 你好",
+            f"{run}\n\x00",
+        ]
+
+        async def scenario() -> None:
+            store, audit = DurableTaskChatMessageStore(client), DurableTaskChatMessageStore(client, source_id="audit")
+            assert len({store.instance_id(each) for each in hostile} | {audit.instance_id(hostile[0])}) == 7
+            for each in hostile:
+                await store.save_messages(each, [Message("user", [each])])
+            await audit.save_messages(hostile[0], [Message("user", ["audit only"])])
+            for each in hostile:
+                assert [text_of(message) for message in await store.get_messages(each)] == [each]
+            assert [text_of(message) for message in await audit.get_messages(hostile[0])] == ["audit only"]
+
+        asyncio.run(scenario())
+
+    @pytest.mark.timeout(30)
+    def test_another_orchestration_under_the_id_is_a_clear_error_not_a_key_error(
+        self, client: TaskHubGrpcClient
+    ) -> None:
+        session_id = unique("foreign")
+        store = DurableTaskChatMessageStore(client)
+        instance_id = store.instance_id(session_id)
+        client.schedule_new_orchestration("another_samples_orchestrator", input={"turns": []}, instance_id=instance_id)
+        try:
+            for attempt in (store.get_messages(session_id), store.save_messages(session_id, [Message("user", ["x"])])):
+                with pytest.raises(ChatHistoryError, match=rf"session '{session_id}'.*'another_samples_orchestrator'"):
+                    asyncio.run(attempt)
+        finally:
+            client.terminate_orchestration(instance_id, recursive=False)
+
+    @pytest.mark.timeout(30)
+    def test_a_newer_schema_a_corrupt_record_and_a_malformed_event_are_errors_naming_the_session(
+        self, client: TaskHubGrpcClient
+    ) -> None:
+        store = DurableTaskChatMessageStore(client)
+        newer, corrupt, malformed = unique("newer"), unique("corrupt"), unique("malformed")
+        good = {**Message("user", ["good"]).to_dict(), "message_id": "g1"}
+        states = {
+            newer: {**ChatHistory.new(4, 200_000), "schema": 2, "messages": [good]},
+            corrupt: {**ChatHistory.new(4, 200_000), "messages": [good, {"role": 5, "contents": "x"}]},
+        }
+        for session_id, state in states.items():
+            client.schedule_new_orchestration(
+                chat_history_orchestrator, input=state, instance_id=store.instance_id(session_id)
+            )
+
+        async def scenario() -> None:
+            with pytest.raises(ChatHistoryError, match=rf"session '{newer}'.*schema 2, this store reads 1"):
+                await until_published(store, newer)
+            with pytest.raises(ChatHistoryError, match=rf"session '{corrupt}'.*corrupt"):
+                await until_published(store, corrupt)
+            # An event that is not a write of this store is refused by the orchestration, which keeps running.
+            await store.save_messages(malformed, [Message("user", ["before"])])
+            event = {"write_id": "w-bad", "messages": [{"role": 5}]}
+            client.raise_orchestration_event(store.instance_id(malformed), ChatHistory.APPEND_EVENT, data=event)
+            client.raise_orchestration_event(store.instance_id(malformed), ChatHistory.APPEND_EVENT, data="garbage")
+            await store.save_messages(malformed, [Message("user", ["after"])])
+            assert [text_of(message) for message in await store.get_messages(malformed)] == ["before", "after"]
+            status = await store.read_status(malformed)
+            assert status is not None and [entry["write_id"] for entry in status["rejected"]] == ["w-bad"]
+
+        try:
+            asyncio.run(scenario())
+            state = client.get_orchestration_state(store.instance_id(malformed))
+            assert state is not None and state.runtime_status == OrchestrationStatus.RUNNING
+        finally:
+            for session_id in (newer, corrupt, malformed):
+                client.terminate_orchestration(store.instance_id(session_id), recursive=False)
+
+    @pytest.mark.timeout(60)
+    def test_two_writers_at_once_lose_nothing_and_each_write_stays_contiguous(
+        self, scheduler: SchedulerBackend
+    ) -> None:
+        session_id = unique("two-writers")
+        clients = [scheduler.client(), scheduler.client()]
+
+        async def writer(number: int) -> None:
+            store = DurableTaskChatMessageStore(clients[number], writes_per_generation=3)
+            for write in range(8):
+                batch = [Message("user", [f"writer {number} write {write} part {part}"]) for part in range(3)]
+                await store.save_messages(session_id, batch)
+            assert len(await store.get_messages(session_id)) >= 24  # its own writes, at least
+
+        async def scenario() -> list[str]:
+            await asyncio.gather(writer(0), writer(1))
+            return [
+                text_of(message) for message in await DurableTaskChatMessageStore(clients[0]).get_messages(session_id)
+            ]
+
+        try:
+            texts = asyncio.run(scenario())
+        finally:
+            for each in clients:
+                each.close()
+        assert sorted(texts) == sorted(
+            f"writer {n} write {w} part {p}" for n in (0, 1) for w in range(8) for p in range(3)
+        )
+        for start in range(0, 48, 3):  # every write's three messages are next to each other, in order
+            assert [text.rsplit(" part ", 1) for text in texts[start : start + 3]] == [
+                [texts[start].rsplit(" part ", 1)[0], str(part)] for part in range(3)
+            ]
+
+
+async def until_published(store: DurableTaskChatMessageStore, session_id: str) -> None:
+    """Read until the orchestration has published its (here: unreadable) status, bounded by the test's timeout."""
+    while await store.read_status(session_id) is None:
+        await asyncio.sleep(0.01)
+
+
+# --- Ids, waiting without a worker, the worker in another process ---------------------------------------------------
+
+
+def test_session_ids_are_checked_before_anything_is_sent(client: TaskHubGrpcClient) -> None:
+    store = DurableTaskChatMessageStore(client)
+    cases = {
+        "": "needs a session id",
+        None: "needs a session id",
+        "\udcff": "not valid UTF-8",
+        "x" * 10_000: "too long",
+    }
+    for session_id, message in cases.items():
+        for attempt in (store.get_messages(session_id), store.save_messages(session_id, [Message("user", ["x"])])):
+            with pytest.raises(InvalidArgument, match=message) as refused:
+                asyncio.run(attempt)
+            assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
+    assert store.instance_id("alice-1") == "chat-history-alice-1"  # plain ids read as themselves
 
 
 @pytest.mark.timeout(30)
 def test_without_a_worker_a_read_fails_with_a_clear_error_instead_of_hanging(client: TaskHubGrpcClient) -> None:
     session_id = unique("no-worker")
+    said: list[str] = []
 
     async def scenario() -> None:
-        store = DurableTaskChatMessageStore(client, read_timeout=1)
+        store = DurableTaskChatMessageStore(client, read_timeout=1.5, on_waiting=said.append)
         await store.save_messages(session_id, [Message("user", ["hello"])])
-        with pytest.raises(StatusTimeout, match="--role worker"):
+        with pytest.raises(HistoryTimeout, match=f"session '{session_id}'.*chat_history_orchestrator"):
             await store.get_messages(session_id)
 
     try:
         asyncio.run(scenario())
     finally:
         client.terminate_orchestration(f"chat-history-{session_id}", recursive=False)
+    assert said == [f"a worker with chat_history_orchestrator to apply the writes to session '{session_id}'"]
+
+
+@pytest.mark.timeout(60)
+def test_client_role_without_a_worker_says_it_waits_then_fails_in_one_line_naming_the_worker_command(
+    scheduler_endpoint: str, run_script: ScriptRunner
+) -> None:
+    result = run_script(SCRIPT, "--role", "client", "--timeout", "3", timeout=50)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.count("Waiting for a worker with chat_history_orchestrator") == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: session 'alice-")
+    assert result.stderr.rstrip().endswith(f"Start one: python {SCRIPT} --role worker")
 
 
 @pytest.mark.timeout(90)
 def test_the_demo_with_its_worker_in_a_separate_process_replaced_between_writes(
-    scheduler_endpoint: str, client: TaskHubGrpcClient, capsys: pytest.CaptureFixture[str]
+    scheduler_endpoint: str, client: TaskHubGrpcClient
 ) -> None:
     """A write raised while no worker runs is kept by the scheduler and applied once a worker is back."""
     session_id = unique("replaced-worker")
@@ -241,16 +533,14 @@ def test_the_demo_with_its_worker_in_a_separate_process_replaced_between_writes(
     worker = start_worker_process(SCRIPT)
     try:
         assert asyncio.run(texts()) == ["before", "while stopped"]
-        asyncio.run(sample.main(role="client"))
+        seen = asyncio.run(sample.main(role="client"))
     finally:
         stop_worker_process(worker)
         client.terminate_orchestration(f"chat-history-{session_id}", recursive=False)
-    output = capsys.readouterr().out
-    restart = output.split("== 2. Restart")[1].split("== 3.")[0]
-    control = output.split("== 3. Control")[1].split("== 4.")[0]
-    assert "Agent: Your name is Alice." in restart and "Agent: You live in Paris." in restart
-    assert "Alice" not in control.split("Agent:")[1]
-    assert "duplicate_writes=1" in output.split("== 4.")[1].split("== 5.")[0]
+    assert seen["recall"] == ["Your name is Alice.", "You live in Paris."]
+    assert "Alice" not in seen["control"]
+    assert seen["retried"] == "Your favorite drink is tea."
+    assert seen["status"]["duplicate_writes"] == 1
 
 
 def test_worker_role_without_a_configured_scheduler_is_a_one_line_error(run_script: ScriptRunner) -> None:
@@ -259,23 +549,91 @@ def test_worker_role_without_a_configured_scheduler_is_a_one_line_error(run_scri
     assert result.stderr.startswith("error: --role worker needs DTS_ENDPOINT") and result.stderr.count("\n") == 1
 
 
+def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
+    helped = run_script(SCRIPT, "--help", timeout=30)
+    assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
+    refused = run_script(SCRIPT, "--colour", timeout=30)
+    assert refused.returncode == 2 and "unrecognized arguments: --colour" in refused.stderr
+
+
+# --- The whole demo, in-process and as a reader runs it; the copy-paste check ---------------------------------------
+
+
 @pytest.mark.timeout(90)
-def test_the_script_runs_as_a_user_would(run_script: ScriptRunner) -> None:
-    result = run_script(SCRIPT, timeout=80)
+def test_main_recalls_after_a_restart_stores_a_retry_once_and_trims_whole_exchanges(
+    scheduler_endpoint: str, scheduler: SchedulerBackend
+) -> None:
+    with store_worker(scheduler, DurableTaskChatMessageStore.register):
+        seen = asyncio.run(sample.main(role="client"))
+    assert seen["recall"] == ["Your name is Alice.", "You live in Paris."]
+    assert seen["control"].startswith("I don't know your name")
+    assert seen["retried"] == "Your favorite drink is tea."
+    held = [message["contents"][0]["text"] for message in seen["status"]["messages"]]
+    assert held.count("My favorite drink is tea.") == 1 and len(held) == 13  # 6 turns of 2, and the note once
+    assert seen["status"]["duplicate_writes"] == 1
+    assert "history budget of 200,000 bytes: nothing was stored" in seen["refused"]
+    # The small store kept the latest exchanges: it still knows where Alice lives, no longer her name.
+    assert seen["small"][3] == "You live in Paris." and seen["small"][4].startswith("I don't know your name")
+    assert seen["small_status"]["trimmed"] == 6 and seen["small_status"]["messages"][0]["role"] == "user"
+
+
+@pytest.mark.timeout(90)
+def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: ScriptRunner) -> None:
+    result = run_script(SCRIPT, timeout=80, env={"PYTHONDEVMODE": "1", "PYTHONWARNINGS": "error::ResourceWarning"})
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert "ResourceWarning" not in result.stderr and "Traceback" not in result.stderr
     out = result.stdout
     assert out.startswith("Backends: model=offline model")
-    restart = out.split("== 2. Restart")[1].split("== 3.")[0]
-    assert "Agent: Your name is Alice." in restart and "Agent: You live in Paris." in restart
-    assert "Agent: I don't know your name" in out.split("== 3. Control")[1].split("== 4.")[0]
-    budget = out.split("== 5. The size budget")[1].split("== 6.")[0]
-    assert "Refused:" in budget and "nothing was stored" in budget
-    small = budget.split("drops its oldest exchanges")[1]
-    assert "Agent: You live in Paris." in small  # the kept exchange still answers
-    assert "Agent: I don't know your name" in small  # the trimmed one no longer does
-    assert "trimmed=0" not in small.splitlines()[-1]
-    held = out.split("== 6.")[1]
-    assert "RUNNING" in held and "duplicate_writes=1" in held
-    assert [line.split(".")[0].strip() for line in held.splitlines()[2:13]] == [str(n) for n in range(1, 12)]
+    assert re.findall(r"^== (\d)\. ", out, re.MULTILINE) == ["1", "2", "3", "4"]
+    assert "User: My favorite drink is tea." in out  # the retried note is shown where it is written
+    assert "Agent: Your name is Alice." in out and "Agent: Your favorite drink is tea." in out
+    assert "Refused: session 'alice-" in out
     assert "Ended the demo's history orchestrations" in out
+
+
+@pytest.mark.timeout(120)
+def test_the_store_and_its_orchestrator_work_copied_alone(tmp_path: os.PathLike[str]) -> None:
+    run_standalone(tmp_path, SCRIPT, ["SCHEMA_VERSION", "ENDED", *PUBLIC_API], STANDALONE_BODY)  # type: ignore[arg-type]
+
+
+STANDALONE_BODY = """
+    import asyncio, socket
+    from agent_framework import Message
+    from durabletask.client import TaskHubGrpcClient
+    from durabletask.testing import InMemoryOrchestrationBackend
+    from durabletask.worker import TaskHubGrpcWorker
+    from copied import ChatHistoryError, DurableTaskChatMessageStore, HistoryTooLarge
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = InMemoryOrchestrationBackend(port=port)
+    backend.start()
+    worker = TaskHubGrpcWorker(host_address=f"localhost:{port}")
+    DurableTaskChatMessageStore.register(worker)
+    worker.start()
+    client = TaskHubGrpcClient(host_address=f"localhost:{port}")
+
+    async def round_trip():
+        store = DurableTaskChatMessageStore(client, writes_per_generation=2, history_budget_bytes=1_500)
+        for n in range(5):
+            await store.save_messages("session-1", [Message("user", [f"m{n}"]), Message("assistant", [f"r{n}"])])
+        assert [m.text for m in await store.get_messages("session-1")][-2:] == ["m4", "r4"]
+        restarted = DurableTaskChatMessageStore(client)  # a new store on the same scheduler
+        messages = await restarted.get_messages("session-1")
+        status = await restarted.read_status("session-1")
+        assert status["writes"] == 5 and status["trimmed"] > 0 and messages[0].role == "user"
+        try:
+            await store.save_messages("session-1", [Message("user", ["x" * 3_000])])
+            raise AssertionError("an oversize write was accepted")
+        except HistoryTooLarge as error:
+            assert isinstance(error, ChatHistoryError) and "1,500 bytes" in str(error)
+        print("copied store: ok")
+
+    try:
+        asyncio.run(round_trip())
+    finally:
+        client.close()
+        worker.stop()
+        backend.stop(grace=0.5)
+"""
