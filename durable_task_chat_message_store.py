@@ -174,7 +174,10 @@ class DurableTaskChatMessageStore(HistoryProvider):
         super().__init__(source_id or self.DEFAULT_SOURCE_ID)
         sizes = (writes_per_generation, history_budget_bytes)
         if not all(type(value) is int and value > 0 for value in sizes) or not read_timeout > 0:
-            raise InvalidArgument(f"need positive integers and a positive read_timeout, not {(*sizes, read_timeout)}")
+            raise InvalidArgument(
+                f"writes_per_generation ({writes_per_generation!r}) and history_budget_bytes ({history_budget_bytes!r})"
+                f" must be positive integers, read_timeout ({read_timeout!r}) a positive number of seconds"
+            )
         # The largest work item a worker replays: the generation's input, each write since, and the status.
         worst = history_budget_bytes * (2 + writes_per_generation * self.copies_per_write)
         if worst > self.message_limit_bytes:

@@ -267,7 +267,7 @@ def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: Scr
     assert out.startswith("Backends: model=offline model")
     assert "Agent: The weather in Seattle: sunny, 18 degrees Celsius (sample data for Seattle)." in out
     assert "User: My favorite drink is tea." in out and "Agent: Your favorite drink is tea." in out
-    table = out.split("== 4. Diagnostics")[1].split("Enriched by worker(s)")[0].splitlines()[2:]
+    table = out.split("Diagnostics: the metadata")[1].split("Enriched by worker(s)")[0].splitlines()[2:]
     assert [int(line.split()[0]) for line in table] == list(range(1, 14))
     assert any("[call get_weather(" in line for line in table)
     assert all(line.endswith((".", "!", "?", "...", ")]")) for line in table), table  # no word cut in half
