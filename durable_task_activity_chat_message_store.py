@@ -167,9 +167,7 @@ async def main(role: str = "all", every: int = 4, timeout: float = 30.0) -> dict
             for text in ("My name is Alice.", "What's the weather in Seattle?", "I live in Paris."):
                 await say(agent, store, session_id, text)
 
-            print(
-                "\n== 2. Restart: a new scheduler client, store and agent (only the session id is kept); a control =="
-            )
+            print("\n== 2. Restart: a new scheduler client, store and agent keep only the session id; a control ==")
             restarted = DurableTaskActivityChatMessageStore(restarted_client, **options)
             agent = new_agent(chat_client, restarted)
             seen["recall"] = await say(agent, restarted, session_id, "What is my name?")

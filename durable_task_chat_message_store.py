@@ -319,9 +319,7 @@ async def main(role: str = "all", every: int = 4, budget: int = 200_000, timeout
             for text in ("My name is Alice.", "I live in Paris.", "My favorite color is blue."):
                 await say(agent, store, alice, text)
 
-            print(
-                "\n== 2. Restart: a new scheduler client, store and agent (only the session id is kept); a control =="
-            )
+            print("\n== 2. Restart: a new scheduler client, store and agent keep only the session id; a control ==")
             restarted = DurableTaskChatMessageStore(restarted_client, **options)
             agent = new_agent(chat_client, restarted)
             seen["recall"] = [await say(agent, restarted, alice, q) for q in ("What is my name?", "Where do I live?")]
