@@ -1,10 +1,10 @@
 """Two agents with different toolsets take turns on one thread whose history a Durable Task orchestration keeps.
 
-A Researcher (weather, local time) and a Planner (arithmetic, currency) share one
-`DurableTaskActivityChatMessageStore` and one session id, so each loads what the other wrote; each is offered only
-its own tools. When both run at once, nothing is lost: each turn (user message, tool calls, answer) is one write,
-the orchestration applies writes one at a time in arrival order, so each turn stays contiguous; neither sees the
-other's concurrent turn, every later turn sees both. The scheduler's records say who wrote what.
+A Researcher (weather, local time) and a Planner (arithmetic, currency) share one store (the activity store of
+durable_task_activity_chat_message_store.py) and one session id, so each loads what the other wrote; each is
+offered only its own tools. When both run at once nothing is lost: a turn (user message, tool calls, answer) is one
+write and the orchestration applies writes one at a time, in arrival order, so each turn stays contiguous; neither
+sees the other's concurrent turn, every later turn sees both. The scheduler's records say who wrote what.
 
 Run it: python durable_task_multi_agent_thread.py [--role all|worker|client] [--timeout SECONDS]
 """
@@ -36,7 +36,10 @@ RESEARCHER, PLANNER = "Researcher", "Planner"
 def new_team(chat_client: OpenAIChatCompletionClient, store: DurableTaskActivityChatMessageStore) -> Team:
     """Both agents load from and save to `store` (one store object: its reads wait for its own writes)."""
     loaded = LoadedHistory()
-    jobs = {RESEARCHER: "a research assistant who looks up weather and local time.", PLANNER: "a planning assistant."}
+    jobs = {
+        RESEARCHER: "a research assistant who looks up weather and local time.",
+        PLANNER: "a planning assistant who does arithmetic and currency conversion.",
+    }
     agents = {
         name: Agent(
             client=chat_client,  # Chat Completions: the thread's history is ours to send
