@@ -114,8 +114,8 @@ def validate_redis_url(url: str) -> None:
 
 
 def __getattr__(name: str) -> object:
-    # Temporary: the test-only helpers moved to tests/local_servers.py; bench/thread_store_bench.py and
-    # tests/test_redis_chat_message_store_thread.py still import them from here until their owners switch.
+    # Temporary: the test-only helpers moved to tests/local_servers.py; bench/thread_store_bench.py still imports
+    # local_redis_server from here until it switches.
     if name in ("free_loopback_port", "local_redis_server"):
         from tests import local_servers
 
