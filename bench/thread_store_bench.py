@@ -63,8 +63,9 @@ from sample_support import SampleError, SchedulerBackend, run_sample  # noqa: E4
 from sample_support.durable_worker import wait_for_custom_status  # noqa: E402
 from sample_support.model import ModelBackend  # noqa: E402
 from sample_support.offline_model import OFFLINE_MODEL_NAME, offline_model_server  # noqa: E402
-from sample_support.redis_backend import local_redis_server  # noqa: E402
 from sample_support.scheduler import start_embedded_scheduler  # noqa: E402
+from tests.local_servers import local_redis_server  # noqa: E402
+from tests.model_probe import ModelProbe  # noqa: E402
 
 RESULTS_DIR = REPO_DIR / "bench" / "results"
 FULL_TURNS = 1000
@@ -684,7 +685,7 @@ def offline_model() -> ModelBackend:
 async def run_all(
     chosen: list[Variant], turns: int, unbounded_turns: int, redis_url: str | None, scheduler: SchedulerBackend
 ) -> list[Result]:
-    server = offline_model_server()
+    probe = ModelProbe(offline_model_server())
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="thread-store-bench-") as directory:
         ctx = Context(offline_model(), scheduler, Path(directory), redis_url)
@@ -704,16 +705,17 @@ async def run_all(
                     result.skipped = "redis-server is not on PATH"
                     print(f"{variant.key}: skipped ({result.skipped})", flush=True)
                     continue
-                rejected_before = len(server.rejections)
+                rejected_before = len(probe.rejections)
                 start = time.perf_counter()
                 await variant.run(ctx, result)
-                if server.rejections[rejected_before:]:
+                if probe.rejections[rejected_before:]:
                     raise SampleError(f"{variant.key}: the offline model rejected a request")
                 elapsed = time.perf_counter() - start
                 print(f"{variant.key}: {len(result.turns)} turns in {elapsed:.1f} s", flush=True)
         finally:
             await asyncio.to_thread(worker.stop)  # lets a running turn finish...
             agent_turns.close()  # ... before its chat client closes
+            probe.close()
     order = {variant.key: index for index, variant in enumerate(chosen)}
     return sorted(results, key=lambda result: order[result.key])
 

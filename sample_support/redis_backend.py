@@ -111,13 +111,3 @@ def validate_redis_url(url: str) -> None:
     database = parts.path.strip("/")
     if parts.scheme != "unix" and database and not database.isdigit():
         raise SampleError(f"REDIS_URL={shown} names database {database!r}: it must be a number, e.g. {URL_EXAMPLE}")
-
-
-def __getattr__(name: str) -> object:
-    # Temporary: the test-only helpers moved to tests/local_servers.py; bench/thread_store_bench.py still imports
-    # local_redis_server from here until it switches.
-    if name in ("free_loopback_port", "local_redis_server"):
-        from tests import local_servers
-
-        return getattr(local_servers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,9 @@ from durabletask.worker import TaskHubGrpcWorker
 
 from sample_support import RedisBackend, SchedulerBackend, load_settings, select_scheduler
 from sample_support.config import MODEL_SETTINGS, SERVICE_SETTINGS
-from sample_support.offline_model import OfflineModelServer, offline_model_server
+from sample_support.offline_model import offline_model_server
 from tests.local_servers import local_redis_server, run_child, start_child
+from tests.model_probe import ModelProbe
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -76,13 +77,15 @@ def expected_banner(*, redis: bool = False, scheduler: bool = False) -> list[str
 
 
 @pytest.fixture(scope="session")
-def offline_model() -> OfflineModelServer:
-    """The process-wide offline model endpoint (the same one the samples' clients are pointed at)."""
-    return offline_model_server()
+def offline_model() -> Iterator[ModelProbe]:
+    """The process-wide offline model endpoint (the one the samples' clients and the tests' worker processes use),
+    seen through a probe: `base_url`, `rejections` (every HTTP 400), `tool_calls_emitted()`, `summaries_written()`."""
+    with ModelProbe(offline_model_server()) as probe:
+        yield probe
 
 
 @pytest.fixture(autouse=True)
-def no_model_rejections(request: pytest.FixtureRequest, offline_model: OfflineModelServer) -> Iterator[None]:
+def no_model_rejections(request: pytest.FixtureRequest, offline_model: ModelProbe) -> Iterator[None]:
     """Every test fails if the offline model answered a 400 during it (a sample sent a malformed request),
     unless the test is marked `expects_model_rejections`."""
     before = len(offline_model.rejections)

@@ -46,11 +46,6 @@ class OfflineModelServer:
         self._lock = threading.Lock()
         self._responses = ResponsesEndpoint()
         self.observers: list[Observer] = []
-        # Transitional, until tests/conftest.py and bench/thread_store_bench.py read tests/model_probe.py: then
-        # delete these two and `_record_for_old_fixtures`.
-        self.rejections: list[str] = []
-        self._tool_calls: list[tuple[str, dict[str, Any]]] = []
-        self.observers.append(self._record_for_old_fixtures)
 
     @property
     def base_url(self) -> str:
@@ -80,19 +75,6 @@ class OfflineModelServer:
             httpd.server_close()
         if thread is not None:
             thread.join(timeout=5)
-
-    def tool_calls_emitted(self) -> list[tuple[str, dict[str, Any]]]:
-        """Transitional (see __init__): (tool name, arguments) of every tool call the model emitted."""
-        with self._lock:
-            return list(self._tool_calls)
-
-    def _record_for_old_fixtures(self, exchange: Exchange) -> None:
-        with self._lock:
-            if exchange.status == 400 and exchange.error is not None:
-                self.rejections.append(exchange.error)
-            if exchange.reply is not None and exchange.reply.tool_call is not None:
-                call = exchange.reply.tool_call
-                self._tool_calls.append((call.name, json.loads(call.arguments)))
 
     def answer(self, method: str, path: str, raw_body: bytes) -> Answer:
         """Handle one request (called by the HTTP handler threads) and tell the observers about it."""
