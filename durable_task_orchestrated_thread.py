@@ -1,525 +1,300 @@
 """A conversation thread orchestrated by the Durable Task Scheduler: every user turn is a checkpointed activity.
 
-One long-lived orchestration per thread (instance id = thread id) owns the thread:
+One orchestration per thread (instance id = thread id) keeps the session; a user turn is a `user_turn` event and the
+`run_agent_turn` activity returns only what the turn changed. The framework's compaction keeps the session under a
+byte budget (`TokenBudgetComposedStrategy` + `SummarizationStrategy`: the oldest exchanges become one summary, or
+whole oldest groups go); what leaves goes to a `thread_archive` entity. `book_flight` needs a person's approval: an
+`approval_orchestrator` waits, its durable timer declines. Roles, printing: durable_task_orchestrated_thread_roles.py.
 
-- the client raises a `user_turn` external event (the message and a turn id) for every user turn;
-- the orchestrator calls the `run_agent_turn` activity, which restores the `AgentSession` (the thread) from
-  its dict, runs the agent for that one turn, and returns the reply plus the updated session dict;
-- the orchestrator keeps the session in its own state, publishes a custom status (turn count, last turn id,
-  last reply, generation) that the client reads the reply from, and calls continue-as-new every N turns so
-  its history stays short and every turn costs the same.
-
-The history lives in the session's in-memory chat message store, so it travels inside the session dict and
-the scheduler checkpoints it with the orchestration: no other database. The agent runs only in the
-activity; the orchestrator does no I/O and reads no clock, so replaying it is deterministic. An activity
-may run twice (delivery is at-least-once), but it writes nothing: only the result the orchestrator
-records counts. A turn id the thread has already answered is not answered again.
-
-Size budget: the session dict rides in gRPC messages (4 MiB by default, less on the managed service), and
-an oversize payload can stall an orchestration without an error. So the activity drops the oldest whole
-exchanges once the session's JSON passes `--session-budget` bytes (the status counts them), a message
-or reply longer than MAX_TURN_CHARS fails that one turn with a clear error, and a thread whose generation
-could replay more than SCHEDULER_MESSAGE_LIMIT_BYTES in one step (`--every` x the budget) is refused at start.
-
-One chat client per worker process: building an OpenAI client costs ~40 ms, a turn on a reused one ~3 ms
-(measured here with the offline model), so `AgentTurns` builds the client and agent once and runs every
-turn on one event loop of its own.
-
-Run it:
-    python durable_task_orchestrated_thread.py                  # --role all: scheduler, worker and client here
-    python durable_task_orchestrated_thread.py --role worker    # a worker, until Ctrl+C / SIGTERM
-    python durable_task_orchestrated_thread.py --role client [--thread ID] [--say TEXT ...]
-
-`--role worker` and `--role client` talk to DTS_ENDPOINT, for example the embedded scheduler as its own
-process: `python -m sample_support.serve_scheduler --port 8080`, then `export DTS_ENDPOINT=http://localhost:8080`
-in the worker's and the client's terminals. Run the client twice: the second run continues the same thread.
-
-Prerequisites: none. With nothing configured it uses a deterministic offline model served on a loopback
-port and an embedded Durable Task scheduler (real gRPC). Against real services set, in the environment or
-in `.env`:
-    OPENAI_API_KEY + OPENAI_MODEL (optional OPENAI_BASE_URL), or
-    AZURE_OPENAI_ENDPOINT + AZURE_OPENAI_MODEL (+ AZURE_OPENAI_API_KEY, or an `az login`);
-    DTS_ENDPOINT + DTS_TASKHUB: the Durable Task Scheduler emulator (http://localhost:8080, task hub
-    `default`) or Azure (https://..., authenticated with `az login` / a managed identity).
-Redis (REDIS_URL) is not used here.
+Run it: python durable_task_orchestrated_thread.py [--role all|worker|client] [--help]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import threading
+import os
+import re
 import uuid
 from collections.abc import Generator
-from typing import Any
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
+import agent_framework as af
 import grpc
-from agent_framework import Agent, AgentSession, InMemoryHistoryProvider, Message
-from agent_framework.openai import OpenAIChatCompletionClient
-from durabletask import task
+from agent_framework import Agent, AgentSession, Content, InMemoryHistoryProvider, Message, tool
+from agent_framework.exceptions import ChatClientException
+from durabletask import entities, task
 from durabletask.client import TaskHubGrpcClient
-from durabletask.worker import TaskHubGrpcWorker
 
-from sample_support import ModelBackend, SampleError, SchedulerBackend, open_backends, run_sample
-from sample_support.durable_worker import (
-    ENDED,
-    StatusTimeout,
-    require_shared_scheduler,
-    serve_until_stopped,
-    wait_for_custom_status,
-)
-
-INSTRUCTIONS = "You are a friendly assistant. Answer briefly."
-USER_TURN = "user_turn"  # the external event that carries one user turn
-HISTORY = InMemoryHistoryProvider.DEFAULT_SOURCE_ID  # where the chat message store keeps messages in session.state
-TURNS_PER_GENERATION = 3  # continue-as-new after this many turns (small, so the demo shows it)
-SESSION_BUDGET_BYTES = 256_000
+INSTRUCTIONS = "You are a friendly travel assistant. Answer briefly."
+USER_TURN = "user_turn"  # the external event that carries a user turn
+APPROVAL = "approval"  # the external event that carries a person's answer to a tool call
+HISTORY = InMemoryHistoryProvider.DEFAULT_SOURCE_ID  # where the history provider keeps messages in session.state
 MAX_TURN_CHARS = 32_000
-RECENT_TURNS = 5  # replies kept in the custom status, for clients that raised several turns at once
-REMEMBERED_TURN_IDS = 100  # a duplicate of one of the last 100 turn ids is ignored
-# Headroom under gRPC's 4 MiB default message size; lower it (and the budget) for the managed service.
-SCHEDULER_MESSAGE_LIMIT_BYTES = 3 * 1024 * 1024
-REPLY_TIMEOUT_SECONDS = 60.0
-# How often the client reads the custom status while it waits for a reply (one gRPC call per read): a reply lands
-# tens of milliseconds after its event, and polling every 50 ms added ~25 ms to every turn on average.
-REPLY_POLL_SECONDS = 0.005
-START_WORKER_HINT = "python durable_task_orchestrated_thread.py --role worker"
+RECENT_TURNS = 5  # outcomes kept in the custom status, for clients that raised several turns at once
+REMEMBERED_TURN_IDS = 100  # a turn whose id is one of the last 100 is not answered again
+# The budget bounds a gRPC payload, so this `TokenizerProtocol` counts bytes: what a message adds to the session's
+# JSON (its text escaped, as the payload is, plus type, author and compaction annotations, for ids up to 64 chars).
+SESSION_JSON_BYTES = SimpleNamespace(count_tokens=lambda text: len(json.dumps(text)) + 400)
+SCHEDULER_MESSAGE_LIMIT_BYTES = 3 * 1024 * 1024  # headroom under gRPC's 4 MiB; lower it for the managed service
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # thread and turn ids
+COUNTERS = ("generation", "turns", "messages", "summaries", "archived", "ignored")
+ENDED = ("COMPLETED", "FAILED", "TERMINATED")
+QUEUED = "no worker has taken it yet; it stays queued and is answered once a worker runs"
+LOST = "its worker is slow or died mid-turn (DTS then retries it; the embedded scheduler lost it: restart, or use DTS)"
 
 
-# region The activity: one agent turn
+class ThreadError(RuntimeError):
+    """A thread cannot do what was asked: a failed turn, an ended or foreign instance, no reply in time."""
 
 
-class TurnRejected(Exception):
-    """A turn that cannot be stored within the size budget; the orchestration reports it for that turn id."""
+class InvalidThreadInput(ValueError):
+    """An id, message or size refused before anything is sent, or a turn that does not fit the session budget."""
 
 
-def json_bytes(value: Any) -> int:
-    return len(json.dumps(value).encode())
+@tool(approval_mode="always_require")
+def book_flight(destination: str) -> str:
+    """Book (and pay for) a flight to the destination."""
+    booking = f"booking-{uuid.uuid4().hex[:8]}"
+    if ledger := os.environ.get("FLIGHT_BOOKINGS_LEDGER"):  # a file every booking is appended to, if set
+        with open(ledger, "a", encoding="utf-8") as file:
+            file.write(json.dumps({"booking": booking, "destination": destination}) + "\n")
+    return f"Booked a flight to {destination}, confirmation {booking}."
 
 
-def trim_to_budget(session: dict[str, Any], budget: int) -> int:
-    """Drop the oldest exchanges until the session dict's JSON fits in `budget` bytes; return how many messages went.
-
-    An exchange starts at a user message, so a tool result is never kept without the call it answers. The session
-    is serialized once (a 100-message session takes milliseconds): each dropped message takes its own JSON and the
-    ", " that separated it from the next one.
-    """
-    messages = session["state"][HISTORY]["messages"]
-    size = json_bytes(session)
-    dropped = 0
-    while size > budget:
-        next_exchange = next((i for i, message in enumerate(messages) if i > 0 and message["role"] == "user"), None)
-        if next_exchange is None:
-            raise TurnRejected(f"this turn alone needs {size:,} bytes, over the session budget of {budget:,}")
-        size -= sum(json_bytes(message) + len(", ") for message in messages[:next_exchange])
-        del messages[:next_exchange]
-        dropped += next_exchange
-    return dropped
-
-
-async def take_turn(agent: Agent, turn: dict[str, Any]) -> dict[str, Any]:
-    """Restore the thread, run the agent for one user message, and return the reply and the new session dict."""
-    if turn["session"] is None:
-        session = AgentSession(session_id=turn["thread_id"])
-    else:
-        session = AgentSession.from_dict(turn["session"])
-    # The session dict is all that carries the conversation: the agent itself remembers nothing between turns.
-    # The turn id doubles as the user message's id, so the stored history names the turn it came from.
-    response = await agent.run(Message("user", [turn["message"]], message_id=turn["turn_id"]), session=session)
-    if len(response.text) > MAX_TURN_CHARS:
-        raise TurnRejected(f"the reply has {len(response.text):,} characters, over the limit of {MAX_TURN_CHARS:,}")
-    session_dict = session.to_dict()
-    trimmed = trim_to_budget(session_dict, turn["session_budget"])
-    return {
-        "reply": response.text,
-        "session": session_dict,
-        "messages": len(session_dict["state"][HISTORY]["messages"]),
-        "trimmed": trimmed,
-    }
-
-
-class AgentTurns:
-    """The `run_agent_turn` activity, with one chat client and one agent for every turn this process runs.
-
-    A production lesson, measured on this sample: building an OpenAI client costs ~40 ms (an SSL context and a
-    connection pool), a turn on a reused one ~3 ms. But activities are synchronous functions on the worker's
-    thread pool, and an async client belongs to the event loop it first ran on (and must be closed in it). So
-    `AgentTurns` keeps one event loop running in a background thread, runs every turn on it, and on `close()`
-    closes the client in that loop and stops it. Close it after `worker.stop()`, which lets running turns finish.
-    """
-
-    def __init__(self, model: ModelBackend) -> None:
-        self.chat_client = OpenAIChatCompletionClient(**model.client_kwargs())
-        # One agent serves every thread, several turns at once: it keeps no conversation state (the history
-        # provider keeps the messages in each turn's session), so concurrent turns of different threads don't mix.
-        self.agent = Agent(
-            client=self.chat_client,
-            instructions=INSTRUCTIONS,
-            name="Assistant",
-            context_providers=[InMemoryHistoryProvider()],
-        )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="agent-turns", daemon=True)
-        self._thread.start()
-
-    def run_agent_turn(self, _: task.ActivityContext, turn: dict[str, Any]) -> dict[str, Any]:
-        """The activity: run one turn on the shared event loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(take_turn(self.agent, turn), self._loop).result()
-
-    def close(self) -> None:
-        """Close the chat client inside its event loop, then stop the loop. Safe to call twice."""
-        if self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self.chat_client.client.close(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    def __enter__(self) -> AgentTurns:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-# endregion
-
-# region The orchestrator: one instance per thread
-
-
-def largest_step_bytes(every: int, session_budget: int) -> int:
-    """The most one orchestrator step can carry: it replays its generation's whole history.
-
-    That is the generation's input (the session and the recent replies) and, for each of its `every` turns, the
-    `user_turn` event (the message), the activity's input (the session and the message) and its result (the
-    session and the reply). Messages and replies count as MAX_TURN_CHARS bytes each (mostly ASCII text).
-    """
-    return session_budget + RECENT_TURNS * MAX_TURN_CHARS + every * (2 * session_budget + 3 * MAX_TURN_CHARS)
-
-
-def check_size_limits(every: int, session_budget: int) -> None:
-    """Refuse a thread whose generation could replay more than the scheduler's message limit in one step."""
-    worst_case = largest_step_bytes(every, session_budget)
-    if worst_case > SCHEDULER_MESSAGE_LIMIT_BYTES:
-        raise SampleError(
-            f"continue-as-new every {every} turns with a session budget of {session_budget:,} bytes can put "
-            f"{worst_case:,} bytes in one scheduler message, over {SCHEDULER_MESSAGE_LIMIT_BYTES:,}: lower "
-            "--every or --session-budget"
-        )
-
-
-def initial_state(every: int, session_budget: int) -> dict[str, Any]:
-    """The orchestration's input: everything it knows about the thread, carried across continue-as-new."""
-    return {
-        "every": every,
-        "session_budget": session_budget,
-        "generation": 0,
-        "turns": 0,
-        "session": None,
-        "messages": 0,
-        "trimmed": 0,
-        "duplicates_ignored": 0,
-        "turn_ids": [],
-        "recent": [],
-    }
-
-
-def thread_status(state: dict[str, Any]) -> dict[str, Any]:
-    """The custom status: what the client reads replies and progress from (not the session itself)."""
-    last = state["recent"][-1] if state["recent"] else {}
-    return {
-        "generation": state["generation"],
-        "turns": state["turns"],
-        "messages": state["messages"],
-        "trimmed": state["trimmed"],
-        "duplicates_ignored": state["duplicates_ignored"],
-        "last_turn_id": last.get("turn_id"),
-        "last_reply": last.get("reply"),
-        "recent": state["recent"],
-    }
+async def take_turn(chat_client: Any, work: dict[str, Any]) -> dict[str, Any]:
+    """The activity's body: run the agent once on the thread's session and return only what changed."""
+    session = AgentSession.from_dict(work["session"]) if work["session"] else AgentSession(session_id=work["thread"])
+    before = len(session.state.setdefault(HISTORY, {}).setdefault("messages", []))
+    # After the run, compaction excludes the oldest messages: older groups become one summary (the newer half stays),
+    # or whole groups are dropped when summaries are off or not enough. No summary input cap, so it is a prefix.
+    summary = af.SummarizationStrategy(client=chat_client, target_count=before // 2 + 1, max_summary_input_tokens=None)
+    steps, limit = [summary] if work["summarize"] else [], work["budget"]
+    budget = af.TokenBudgetComposedStrategy(token_budget=limit, tokenizer=SESSION_JSON_BYTES, strategies=steps)
+    # Providers run after_run in reverse order: the history saves the run first, then compaction sees it.
+    providers = [af.CompactionProvider(after_strategy=budget), InMemoryHistoryProvider(skip_excluded=True)]
+    agent = Agent(client=chat_client, instructions=INSTRUCTIONS, tools=[book_flight], context_providers=providers)
+    if "approvals" in work:  # a person's answers to the tool calls the previous run asked about
+        answers = [Content.from_dict(request).to_function_approval_response(ok) for request, ok in work["approvals"]]
+        message = Message("user", answers)
+    else:  # the turn id doubles as the message id, so the history names the turn each message came from
+        message = Message("user", [work["message"]], message_id=work["turn_id"])
+    try:
+        response = await agent.run(message, session=session)
+    except ChatClientException as error:
+        raise ThreadError(f"the model service failed ({error.__cause__ or error.args[0]})") from None
+    # `stored` is [a new summary] + the earlier messages + this run's; compaction marked the oldest groups excluded.
+    stored, new = session.state[HISTORY]["messages"], 1 + len(response.messages)
+    out = [bool(message.additional_properties.get(af.EXCLUDED_KEY)) for message in stored]
+    if any(out[-new:]) or af.included_token_count(stored) > limit or len(response.text) > MAX_TURN_CHARS:
+        raise InvalidThreadInput(f"the turn needs more than the session budget of {limit:,} bytes (or a 32K reply)")
+    summaries = len(stored) - before - new
+    session.state[HISTORY]["messages"] = []  # the session goes back without its history: only the change does
+    dropped = [index for index, gone in enumerate(out[summaries:-new]) if gone]  # a call and its late result go
+    change = {"reply": response.text, "session": session.to_dict(), "dropped": dropped}  # together: not a prefix
+    change["requests"] = [request.to_dict() for request in response.user_input_requests]
+    change["summaries"] = [m.to_dict() for m, gone in zip(stored[:summaries], out, strict=False) if not gone]
+    change["added"] = [message.to_dict() for message in stored[-new:]]
+    return change
 
 
 def thread_orchestrator(ctx: task.OrchestrationContext, state: dict[str, Any]) -> Generator[task.Task, Any, None]:
-    """One generation of a thread: answer `every` user turns, then continue as new with the updated state."""
-    # Publish the status first thing: it reads None after continue-as-new until the new generation sets it, and
-    # the previous generation left its last reply for this step to publish (see the end of the loop).
-    ctx.set_custom_status(thread_status(state))
-    answered = 0
-    while answered < state["every"]:
-        turn = yield ctx.wait_for_external_event(USER_TURN)
-        if not (
-            isinstance(turn, dict) and isinstance(turn.get("turn_id"), str) and isinstance(turn.get("message"), str)
-        ):
-            continue  # not raised by OrchestratedThread: ignore it rather than fail the thread
-        if turn["turn_id"] in state["turn_ids"]:
-            state["duplicates_ignored"] += 1
+    """One generation of a thread: `every` events (a user turn, or a person's answers), then continue as new."""
+    ctx.set_custom_status(thread_status(state))  # it reads None after continue-as-new until this step sets it
+    for event in range(1, state["every"] + 1):
+        decisions = None
+        if pending := state["pending"]:  # tool calls wait for a person: one approval orchestration per request
+            timeout, requests = state["approval_timeout"], pending["requests"]
+            ids = [f"{ctx.instance_id}:approval:{r['id']}" for r in requests]  # see OrchestratedThread.answer
+            waits = [ctx.call_sub_orchestrator(approval_orchestrator, input=timeout, instance_id=i) for i in ids]
+            decisions = yield task.when_all(waits)
+            approvals = [(r, d["approved"]) for r, d in zip(requests, decisions, strict=True)]
+            turn_id, work = pending["turn_id"], {"approvals": approvals}
         else:
-            try:
-                result = yield ctx.call_activity(
-                    "run_agent_turn",
-                    input={
-                        "thread_id": ctx.instance_id,
-                        "session": state["session"],
-                        "session_budget": state["session_budget"],
-                        "turn_id": turn["turn_id"],
-                        "message": turn["message"],
-                    },
-                )
-                outcome = {"turn_id": turn["turn_id"], "reply": result["reply"]}
-                state["session"], state["messages"] = result["session"], result["messages"]
-                state["trimmed"] += result["trimmed"]
-                state["turns"] += 1
-            except task.TaskFailedError as error:
-                outcome = {"turn_id": turn["turn_id"], "error": error.details.message}
-            state["turn_ids"] = [*state["turn_ids"], turn["turn_id"]][-REMEMBERED_TURN_IDS:]
-            state["recent"] = [*state["recent"], outcome][-RECENT_TURNS:]
-            answered += 1
-        # The generation's last reply is not published in the step that continues as new but by the new
-        # generation's first step, so the client raises its next turn only once the orchestration waits for it.
-        # A turn raised while that first step is in flight can wait up to 100 ms in the embedded scheduler (the
-        # benchmark measured those stalls before this change).
-        if answered < state["every"]:
+            turn = yield ctx.wait_for_external_event(USER_TURN)
+            if not isinstance(turn, dict) or turn.get("turn_id") in state["turn_ids"] or "message" not in turn:
+                state["ignored"] += 1  # a turn id already answered (a client's retry), or not an OrchestratedThread's
+                ctx.set_custom_status(thread_status(state))
+                continue
+            turn_id, work = str(turn["turn_id"]), {"turn_id": str(turn["turn_id"]), "message": str(turn["message"])}
+            state["turn_ids"] = [*state["turn_ids"], turn_id][-REMEMBERED_TURN_IDS:]
+        ctx.set_custom_status(thread_status(state, working_on=turn_id))
+        state["pending"] = None
+        settings = {"thread": ctx.instance_id, "budget": state["session_budget"], "summarize": state["summarize"]}
+        try:
+            change = yield ctx.call_activity("run_agent_turn", input={**work, **settings, "session": state["session"]})
+        except task.TaskFailedError as error:
+            state["recent"] = [*state["recent"], {"turn_id": turn_id, "error": error.details.message}][-RECENT_TURNS:]
+        else:
+            old = state["session"]["state"][HISTORY]["messages"] if state["session"] else []
+            if moved := [old[index] for index in change["dropped"]]:
+                ctx.signal_entity(entities.EntityInstanceId("thread_archive", ctx.instance_id), "add", input=moved)
+            kept = [message for index, message in enumerate(old) if index not in change["dropped"]]
+            history = [*change["summaries"], *kept, *change["added"]]
+            change["session"]["state"][HISTORY]["messages"] = history
+            state.update(session=change["session"], messages=len(history), archived=state["archived"] + len(moved))
+            state["summaries"] += len(change["summaries"])
+            if change["requests"]:
+                state["pending"] = {"turn_id": turn_id, "reply": change["reply"], "requests": change["requests"]}
+            else:
+                outcome = {"turn_id": turn_id, "reply": change["reply"], "approvals": decisions}
+                state.update(turns=state["turns"] + 1, recent=[*state["recent"], outcome][-RECENT_TURNS:])
+        if event < state["every"]:  # the last one is published by the next generation, once it waits for events
             ctx.set_custom_status(thread_status(state))
-    # Start over with the state as the new input; save_events=True keeps turns raised during the restart.
     state["generation"] += 1
-    ctx.continue_as_new(state, save_events=True)
+    ctx.continue_as_new(state, save_events=True)  # save_events=True keeps turns raised during the restart
 
 
-def new_worker(scheduler: SchedulerBackend, turns: AgentTurns) -> TaskHubGrpcWorker:
-    """A worker that runs the thread orchestrator and the agent-turn activity (stop it before closing `turns`)."""
-    worker = scheduler.worker()
-    worker.add_orchestrator(thread_orchestrator)
-    worker.add_activity(turns.run_agent_turn)  # registered as "run_agent_turn", the name the orchestrator calls
-    return worker
+def approval_orchestrator(ctx: task.OrchestrationContext, timeout: float) -> Generator[task.Task, Any, dict[str, Any]]:
+    """One tool call waiting for a person: the first valid `approval` event decides, or the durable timer declines. One
+    instance per request: a late or repeated answer finds it completed, and its timer never fires into a later thread
+    generation (the in-memory scheduler would deliver it there)."""
+    timer = ctx.create_timer(timedelta(seconds=timeout))
+    while True:
+        event = ctx.wait_for_external_event(APPROVAL)
+        if (yield task.when_any([event, timer])) is timer:
+            return {"approved": False, "answer": f"declined: no answer within {timeout:g} s"}
+        if isinstance(answer := event.get_result(), dict) and isinstance(answer.get("approved"), bool):
+            return {"approved": answer["approved"], "answer": "approved" if answer["approved"] else "declined"}
 
 
-# endregion
+def thread_status(state: dict[str, Any], working_on: str | None = None) -> dict[str, Any]:
+    return {key: value for key, value in state.items() if key not in ("session", "turn_ids")} | {
+        "working_on": working_on
+    }
 
-# region The client side: start (or reuse) a thread, raise turns, read replies
+
+class Reply(NamedTuple):
+    text: str  # the agent's reply ("" while it waits for a person)
+    approvals: list[dict[str, Any]]  # tool calls waiting for a person (approval requests: "id", "function_call")
+    status: dict[str, Any]  # the thread's custom status when the reply was read
 
 
 class OrchestratedThread:
-    """One orchestrated thread as the client sees it: an orchestration instance whose id is the thread id."""
+    """One orchestrated thread as a client sees it: an orchestration instance whose id is the thread id."""
 
     def __init__(self, client: TaskHubGrpcClient, thread_id: str) -> None:
-        self.client = client
-        self.thread_id = thread_id
+        if not IDENTIFIER.fullmatch(thread_id):
+            raise InvalidThreadInput(f"invalid thread id {thread_id[:70]!r}: use 1-64 letters, digits, '.', '_', '-'")
+        self.client, self.thread_id, self.answered = client, thread_id, set[str]()
 
-    def start(self, *, every: int = TURNS_PER_GENERATION, session_budget: int = SESSION_BUDGET_BYTES) -> bool:
-        """Schedule the thread's orchestration unless it already runs; return True if it was created."""
-        check_size_limits(every, session_budget)
-        state = self.client.get_orchestration_state(self.thread_id)
-        if state is not None and state.runtime_status in ENDED:
-            raise SampleError(f"thread {self.thread_id!r} has ended ({state.runtime_status}): choose another --thread")
+    def start(
+        self, every: int = 3, session_budget: int = 256_000, summarize: bool = True, approval_timeout: float = 300.0
+    ) -> bool:
+        """Schedule the thread unless it runs (True if created): continue-as-new every `every` events, a session under
+        `session_budget` bytes (summarized if `summarize`), tool calls declined after `approval_timeout` s idle."""
+        check_step_size(every, session_budget)
+        if (state := self._state()) is not None and state.runtime_status.name in ENDED:
+            raise ThreadError(f"thread {self.thread_id!r} has ended ({state.runtime_status.name}): choose another id")
         if state is not None:
             return False
+        first = dict(every=every, session_budget=session_budget, summarize=summarize, approval_timeout=approval_timeout)
+        first |= dict.fromkeys(COUNTERS, 0) | {"session": None, "pending": None, "turn_ids": [], "recent": []}
         try:
-            self.client.schedule_new_orchestration(
-                thread_orchestrator, input=initial_state(every, session_budget), instance_id=self.thread_id
-            )
+            self.client.schedule_new_orchestration(thread_orchestrator, input=first, instance_id=self.thread_id)
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.ALREADY_EXISTS:  # another client created it first: use it
                 raise
             return False
         return True
 
-    def status(self) -> dict[str, Any] | None:
+    def _state(self) -> Any:
         state = self.client.get_orchestration_state(self.thread_id)
-        return state.get_custom_status() if state else None
+        if state is not None and state.name != thread_orchestrator.__name__:
+            raise ThreadError(f"{self.thread_id!r} is a {state.name!r} orchestration, not a thread: choose another id")
+        return state
+
+    def status(self) -> dict[str, Any] | None:
+        return state.get_custom_status() if (state := self._state()) else None
 
     def raise_turn(self, message: str, turn_id: str | None = None) -> str:
         """Send one user turn; return its id. Sending the same id again is safe: it is answered once."""
-        if len(message) > MAX_TURN_CHARS:
-            raise SampleError(f"the message has {len(message):,} characters, over the limit of {MAX_TURN_CHARS:,}")
         turn_id = turn_id or f"turn-{uuid.uuid4().hex[:12]}"
+        if not IDENTIFIER.fullmatch(turn_id) or len(message) > MAX_TURN_CHARS:
+            limits = f"turn ids of 1-64 letters, digits, '.', '_', '-' and at most {MAX_TURN_CHARS:,} characters"
+            raise InvalidThreadInput(f"turn {turn_id[:70]!r} of {len(message):,} characters refused: {limits}")
         self.client.raise_orchestration_event(self.thread_id, USER_TURN, data={"turn_id": turn_id, "message": message})
         return turn_id
 
-    async def wait_for_reply(self, turn_id: str, timeout: float = REPLY_TIMEOUT_SECONDS) -> tuple[str, dict[str, Any]]:
-        """Wait until the custom status carries the outcome of `turn_id`; return the reply and that status."""
+    def answer(self, request_id: str, approved: bool) -> None:
+        """Approve or decline a tool call waiting for a person; only the first answer to a request counts."""
+        instance = f"{self.thread_id}:approval:{request_id}"  # the request's own approval orchestration
+        if self.client.get_orchestration_state(instance, fetch_payloads=False) is None:
+            raise ThreadError(f"thread {self.thread_id!r} has no approval request {request_id!r}")
+        self.client.raise_orchestration_event(instance, APPROVAL, data={"approved": approved})
+        self.answered.add(request_id)
 
-        def outcome(status: dict[str, Any] | None) -> dict[str, Any] | None:
-            recent = status["recent"] if status else []
-            return next((entry for entry in recent if entry["turn_id"] == turn_id), None)
+    async def wait(self, turn_id: str, timeout: float = 60.0) -> Reply:
+        """Poll the custom status until it holds the outcome of `turn_id`, or tool calls of it waiting for a person."""
+        deadline, delay = asyncio.get_running_loop().time() + timeout, 0.005
+        while True:
+            state = await asyncio.to_thread(self._state)
+            status = (state.get_custom_status() if state else None) or {}
+            if done := next((outcome for outcome in status.get("recent", []) if outcome["turn_id"] == turn_id), None):
+                if "error" in done:
+                    raise ThreadError(f"{turn_id} failed and was not stored: {done['error']}")
+                return Reply(done["reply"], [], status)
+            pending = status.get("pending") or {"turn_id": None, "requests": []}
+            if pending["turn_id"] == turn_id and (
+                asks := [r for r in pending["requests"] if r["id"] not in self.answered]
+            ):
+                return Reply(pending["reply"], asks, status)
+            if state is None or state.runtime_status.name in ENDED:
+                raise ThreadError(f"thread {self.thread_id!r} {'does not exist' if state is None else 'has ended'}")
+            if asyncio.get_running_loop().time() > deadline:
+                lost = status.get("working_on") == turn_id  # the orchestration handed it to the activity already
+                raise ThreadError(f"no reply to {turn_id} within {timeout:g} s: {LOST if lost else QUEUED}")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.1)  # a few ms at first, then every 100 ms: a managed scheduler is not hammered
 
-        try:
-            status = await wait_for_custom_status(
-                self.client,
-                self.thread_id,
-                lambda status: outcome(status) is not None,
-                timeout=timeout,
-                poll_interval=REPLY_POLL_SECONDS,
-            )
-        except StatusTimeout:
-            raise StatusTimeout(
-                f"no reply to {turn_id} within {timeout:g} s: is a worker running? The turn stays queued in "
-                f"thread {self.thread_id!r} and is answered once one runs ({START_WORKER_HINT})"
-            ) from None
-        entry = outcome(status)
-        assert entry is not None
-        if "error" in entry:
-            raise SampleError(f"{turn_id} failed and was not stored: {entry['error']}")
-        return entry["reply"], status
-
-    async def ask(self, message: str, turn_id: str | None = None) -> tuple[str, dict[str, Any]]:
-        return await self.wait_for_reply(self.raise_turn(message, turn_id))
-
-
-# endregion
-
-# region Printing what the reader should see
-
-
-def describe(status: dict[str, Any]) -> str:
-    return (
-        f"[thread: turns={status['turns']} messages={status['messages']} trimmed={status['trimmed']} "
-        f"generation={status['generation']} duplicates_ignored={status['duplicates_ignored']}]"
-    )
+    async def ask(self, message: str, turn_id: str | None = None) -> Reply:
+        return await self.wait(self.raise_turn(message, turn_id))
 
 
-async def say(thread: OrchestratedThread, message: str, turn_id: str | None = None) -> str:
-    before = thread.status()
-    print(f"User: {message}")
-    reply, status = await thread.ask(message, turn_id)
-    print(f"Agent: {reply}")
-    print(f"    {describe(status)}")
-    if before and status["generation"] != before["generation"]:
-        print(f"    continue-as-new: generation {before['generation']} -> {status['generation']}")
-    return reply
+async def main(every: int = 3, session_budget: int = 4_500, summarize: bool = True) -> dict[str, Any]:
+    """`--role all`: a scheduler (embedded unless configured), a worker and a client here; returns what tests check."""
+    from durable_task_orchestrated_thread_roles import Demo, say  # that module imports this one
 
-
-# endregion
-
-
-async def demo(scheduler: SchedulerBackend, model: ModelBackend, every: int, session_budget: int) -> None:
-    """`--role all`: a worker and a client in this process, on the scheduler `open_backends` chose."""
-    run_id = uuid.uuid4().hex[:8]
-    client = scheduler.client()
-    turns = AgentTurns(model)  # this process's chat client and agent, for the first worker and its replacement
-    worker = new_worker(scheduler, turns)
-    worker.start()
-    threads = [OrchestratedThread(client, f"thread-{run_id}"), OrchestratedThread(client, f"control-{run_id}")]
-    thread, control = threads
-    try:
-        print(f"\n== 1. Start thread {thread.thread_id}: one orchestration, continue-as-new every {every} turns ==")
-        thread.start(every=every, session_budget=session_budget)
-        status = await wait_for_custom_status(client, thread.thread_id, lambda status: status is not None, timeout=30)
-        print(f"Custom status before the first turn: {describe(status)}")
-
-        print("\n== 2. Turns across a continue-as-new: the session travels in the orchestration's state ==")
-        await say(thread, "My name is Alice.")
-        await say(thread, "I live in Paris.")
-        await say(thread, "My favorite color is blue.")
-        await say(thread, "What is my name?")
-
-        print("\n== 3. The same turn id sent twice is answered once ==")
-        joke_id = f"joke-{run_id}"
-        await say(thread, "Tell me a joke.", turn_id=joke_id)
-        thread.raise_turn("Tell me a joke.", turn_id=joke_id)  # what a client retry after a timeout looks like
-        status = await wait_for_custom_status(
-            client, thread.thread_id, lambda status: bool(status and status["duplicates_ignored"]), timeout=30
-        )
-        print(f"Raised {joke_id} again: the orchestrator ignored it.\n    {describe(status)}")
-
-        print("\n== 4. Three turns raised back to back, none lost ==")
+    async with Demo(every, session_budget, summarize) as demo:  # checks the settings, then starts a worker
+        thread, control = demo.thread("thread"), demo.thread("control")
+        print(f"\n=== 1. Thread {thread.thread_id}: continue-as-new every {every} events, {session_budget:,} B budget")
+        facts = ["My name is Alice.", "I live in Paris.", "My favorite color is blue.", "Tell me a joke."]
+        replies = [await say(thread, text) for text in facts]
+        print("\n=== 2. The oldest exchanges became a summary (in the session), and the agent still knows them ===")
+        replies.append(await say(thread, "What is my name?"))
+        print("\n=== 3. The same turn id sent twice is answered once; three turns raised at once are all answered ===")
         questions = ["Where do I live?", "What is my favorite color?", "Summarize our conversation."]
         turn_ids = [thread.raise_turn(question) for question in questions]
+        thread.raise_turn(questions[0], turn_id=turn_ids[0])  # what a client's retry looks like: the same turn id
         for question, turn_id in zip(questions, turn_ids, strict=True):
-            reply, status = await thread.wait_for_reply(turn_id)
-            print(f"User: {question}\nAgent: {reply}")
-        print(f"    {describe(status)}")
-
-        print("\n== 5. Replace the worker between turns: the thread keeps its memory ==")
-        await asyncio.to_thread(worker.stop)
-        print("Worker stopped.")
-        turn_id = thread.raise_turn("What is my name?")
-        print(f"User: What is my name?   (raised as {turn_id} while no worker runs)")
-        waiting = thread.status()
-        print(f"    queued in the scheduler, not answered: {describe(waiting) if waiting else 'restarting'}")
-        worker = new_worker(scheduler, turns)
-        worker.start()
-        print("A new worker started.")
-        reply, status = await thread.wait_for_reply(turn_id)
-        print(f"Agent: {reply}\n    {describe(status)}")
-
-        print("\n== 6. Control: a new thread has no history ==")
-        control.start(every=every, session_budget=session_budget)
-        await say(control, "What is my name?")
-
-        print("\n== 7. What the scheduler holds for the thread ==")
-        state = client.get_orchestration_state(thread.thread_id)
-        assert state is not None
-        status = state.get_custom_status()
-        print(f"Runtime status: {state.runtime_status}; custom status:")
-        print(json.dumps({key: value for key, value in status.items() if key != "recent"}, indent=4))
-    finally:
-        for each in threads:
-            # A real thread lives on; the demo ends its threads so a shared task hub is left tidy.
-            if client.get_orchestration_state(each.thread_id) is not None:
-                client.terminate_orchestration(each.thread_id, recursive=False)  # no sub-orchestrations
-        await asyncio.to_thread(worker.stop)  # lets a running turn finish...
-        turns.close()  # ... before its chat client closes
-        client.close()
-    print(f"\nEnded the demo threads {thread.thread_id} and {control.thread_id}.")
+            replies.append(await say(thread, question, turn_id=turn_id))
+        print("\n=== 4. The worker is replaced between turns: a turn raised meanwhile waits in the scheduler ===")
+        turn_id = await demo.replace_worker(lambda: thread.raise_turn("Where do I live?"))
+        replies.append(await say(thread, "Where do I live?", turn_id=turn_id))
+        print("\n=== 5. A tool that needs a person's approval: approved once, declined once ===")
+        replies.append(await say(thread, "Book a flight to Paris.", approve=True))
+        replies.append(await say(thread, "Book a flight to Rome.", approve=False))
+        print("\n=== 6. Control: a new thread knows nothing ===")
+        control_reply = await say(control, "What is my name?")
+        print("\n=== 7. What the scheduler holds: the thread's custom status and its archive entity ===")
+        status, archive = await demo.show(thread)
+    return {"replies": replies, "control_reply": control_reply, "status": status, "archive": archive}
 
 
-async def client_role(
-    scheduler: SchedulerBackend, thread_id: str, messages: list[str], every: int, session_budget: int
-) -> None:
-    """`--role client`: continue (or start) one thread on a scheduler where a worker runs."""
-    client = scheduler.client()
-    thread = OrchestratedThread(client, thread_id)
-    try:
-        if thread.start(every=every, session_budget=session_budget):
-            print(f"Started thread {thread_id}.")
-            messages = messages or ["My name is Alice.", "What is my name?"]
-        else:
-            status = thread.status()
-            print(f"Continuing thread {thread_id} {describe(status) if status else '(starting up)'}.")
-            messages = messages or ["What is my name?"]
-        for message in messages:
-            await say(thread, message)
-    finally:
-        client.close()
-
-
-async def main(
-    role: str = "all",
-    thread_id: str = "orchestrated-thread",
-    messages: list[str] | None = None,
-    every: int = TURNS_PER_GENERATION,
-    session_budget: int = SESSION_BUDGET_BYTES,
-) -> None:
-    if role != "all":
-        require_shared_scheduler(role)
-    if role != "worker":
-        check_size_limits(every, session_budget)  # before anything starts: fail with one line
-    # A client process only raises events and reads custom status: the worker's model writes the replies.
-    async with open_backends(model=role != "client", scheduler=True) as backends:
-        assert backends.scheduler is not None
-        if role == "worker":
-            with AgentTurns(backends.model) as turns:  # closed after serve_until_stopped has stopped the worker
-                await serve_until_stopped(new_worker(backends.scheduler, turns))
-        elif role == "client":
-            await client_role(backends.scheduler, thread_id, messages or [], every, session_budget)
-        else:
-            await demo(backends.scheduler, backends.model, every, session_budget)
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["all", "worker", "client"], default="all")
-    parser.add_argument("--thread", default="orchestrated-thread", help="thread id for --role client")
-    parser.add_argument("--say", action="append", default=[], metavar="TEXT", help="a user turn (repeatable)")
-    parser.add_argument("--every", type=int, default=TURNS_PER_GENERATION, help="continue-as-new every N turns")
-    parser.add_argument("--session-budget", type=int, default=SESSION_BUDGET_BYTES, help="bytes kept in the session")
-    arguments = parser.parse_args()
-    if arguments.every < 1:
-        parser.error("--every must be at least 1")
-    return arguments
+def check_step_size(every: int, session_budget: int) -> None:
+    # One step replays its generation: its input (session, recent outcomes) and, per event, the event, the activity's
+    # input (the session) and result (at most a session's worth of change, and the reply).
+    most = session_budget + RECENT_TURNS * MAX_TURN_CHARS + every * (2 * session_budget + 3 * MAX_TURN_CHARS)
+    if every < 1 or session_budget < 1 or most > SCHEDULER_MESSAGE_LIMIT_BYTES:
+        raise InvalidThreadInput(
+            f"continue-as-new every {every} events with a session budget of {session_budget:,} bytes can put {most:,} "
+            f"bytes in one scheduler message, over {SCHEDULER_MESSAGE_LIMIT_BYTES:,}: lower --every or --session-budget"
+        )
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    run_sample(main(arguments.role, arguments.thread, arguments.say, arguments.every, arguments.session_budget))
+    from durable_task_orchestrated_thread_roles import command_line
+
+    command_line()

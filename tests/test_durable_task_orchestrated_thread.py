@@ -1,8 +1,10 @@
-"""durable_task_orchestrated_thread.py: one orchestration per thread, turns as events, the agent in an activity.
+"""durable_task_orchestrated_thread.py: one orchestration per thread, turns as events, the agent in an activity that
+returns only what a turn changed; the framework's compaction (summaries, or whole oldest groups) under a byte budget
+with an archive entity; a tool that waits for a person's approval across worker restarts; one-line errors.
 
-The scheduler is the embedded one over real gRPC (or DTS_ENDPOINT with --use-env). Worker processes started
-here send their model requests to this process's offline model (directly, or through a gate that holds a
-request until the test releases it), so the no-rejection check covers them too.
+The scheduler is the embedded one over real gRPC (or DTS_ENDPOINT with --use-env). Worker processes started here send
+their model requests to this process's offline model (directly, or through a gate that holds a request until the
+test releases it), so the no-rejection check covers them too, and they die with the test run.
 """
 
 from __future__ import annotations
@@ -17,80 +19,132 @@ import sys
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-from durabletask.worker import TaskHubGrpcWorker
+from durabletask.client import TaskHubGrpcClient
 
 import durable_task_orchestrated_thread as sample
-from sample_support import ModelBackend, SampleError, SchedulerBackend, run_sample, select_model
-from sample_support.durable_worker import wait_for_custom_status
+import durable_task_orchestrated_thread_roles as roles
+from sample_support import SchedulerBackend, run_sample, select_model
 from sample_support.offline_model import OFFLINE_MODEL_NAME, OfflineModelServer
 from tests.conftest import REPO_DIR, ScriptRunner, expected_banner, using_real_services
+from tests.local_servers import free_loopback_port, start_child, stop_child
+from tests.standalone import run_standalone, standalone_source
+
+SCRIPT, ROLES = "durable_task_orchestrated_thread.py", "durable_task_orchestrated_thread_roles.py"
+ERRORS = (sample.ThreadError, sample.InvalidThreadInput)
+DECLINED = "I did not book the flight to Paris: the request was declined."
 
 
-def new_thread(scheduler: SchedulerBackend, **options: Any) -> sample.OrchestratedThread:
-    thread = sample.OrchestratedThread(scheduler.client(), f"test-{uuid.uuid4().hex[:10]}")
+def new_thread(client: TaskHubGrpcClient, **options: Any) -> sample.OrchestratedThread:
+    thread = sample.OrchestratedThread(client, f"test-{uuid.uuid4().hex[:10]}")
     assert thread.start(**options) is True
     return thread
 
 
-def stored_session(thread: sample.OrchestratedThread) -> dict[str, Any]:
-    """The session the current generation started with (its input is the state continue-as-new carried)."""
+def generation_input(thread: sample.OrchestratedThread) -> dict[str, Any]:
+    """The state the current generation started with (continue-as-new carried it in as the input)."""
     state = thread.client.get_orchestration_state(thread.thread_id)
     assert state is not None
-    return state.get_input()["session"]
+    return json.loads(state.serialized_input or "null")
 
 
 def session_messages(thread: sample.OrchestratedThread) -> list[dict[str, Any]]:
-    return stored_session(thread)["state"]["in_memory"]["messages"]
+    return generation_input(thread)["session"]["state"]["in_memory"]["messages"]
+
+
+def texts(messages: list[dict[str, Any]]) -> list[str]:
+    return [" ".join(str(c.get("text", c.get("result", ""))) for c in m["contents"]).strip() for m in messages]
+
+
+async def wait_for_status(thread: sample.OrchestratedThread, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    for _ in range(600):
+        if (status := thread.status()) and done(status):
+            return status
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the status never got there: {thread.status()}")
 
 
 @pytest.fixture
-def in_process_worker(scheduler: SchedulerBackend) -> Iterator[TaskHubGrpcWorker]:
-    with sample.AgentTurns(select_model()) as turns:
-        worker = sample.new_worker(scheduler, turns)
+def in_process_worker(scheduler: SchedulerBackend) -> Iterator[roles.AgentTurns]:
+    with roles.AgentTurns(select_model().client_kwargs()) as turns:
+        worker = roles.new_worker(scheduler.worker(), turns)
         worker.start()
-        yield worker
+        yield turns
         worker.stop()
+
+
+@pytest.fixture
+def bookings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, str]]]:
+    """Every flight `book_flight` booked during the test, in this process or a worker process it started."""
+    ledger = tmp_path / "bookings.jsonl"
+    monkeypatch.setenv("FLIGHT_BOOKINGS_LEDGER", str(ledger))
+    return lambda: [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
 
 
 # region Worker processes and a model gate
 
 
 class WorkerProcess:
-    """`python durable_task_orchestrated_thread.py --role worker`, pointed at the test's scheduler and model."""
+    """`python durable_task_orchestrated_thread.py --role worker`, on the test's scheduler and a model URL."""
 
-    def __init__(self, model_url: str) -> None:
-        env = {**os.environ, "OPENAI_API_KEY": "offline", "OPENAI_MODEL": OFFLINE_MODEL_NAME}
-        env["OPENAI_BASE_URL"] = model_url
-        self.process = subprocess.Popen(
-            [sys.executable, "durable_task_orchestrated_thread.py", "--role", "worker"],
+    def __init__(self, model_url: str, **env: str) -> None:
+        environment = {**os.environ, "OPENAI_API_KEY": "offline", "OPENAI_MODEL": OFFLINE_MODEL_NAME, **env}
+        environment["OPENAI_BASE_URL"] = model_url
+        self.process = start_child(
+            [sys.executable, SCRIPT, "--role", "worker"],
             cwd=REPO_DIR,
-            env=env,
+            env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.errors: list[str] = []
+        self.readers = [
+            threading.Thread(target=self._read, args=(self.process.stdout, self.lines.put), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, self.errors.append), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
         self.wait_for_line("Worker ready")
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
+    @staticmethod
+    def _read(stream: Any, keep: Callable[[str], None]) -> None:
+        for line in stream:
+            keep(line)
 
     def wait_for_line(self, start: str) -> None:
         while not self.lines.get(timeout=30).startswith(start):
             continue
 
-    def finish(self) -> tuple[int, str]:
-        """Wait for the process to end; return its exit status and stderr."""
-        assert self.process.stderr is not None
-        return self.process.wait(timeout=30), self.process.stderr.read()
+    def finish(self, signal_number: int = signal.SIGTERM) -> tuple[int, str]:
+        """Send the signal, wait for the process to end; return its exit status and stderr."""
+        self.process.send_signal(signal_number)
+        status = self.process.wait(timeout=30)
+        for reader in self.readers:  # the pipes reach their end once the process is gone
+            reader.join(timeout=10)
+        stop_child(self.process)
+        return status, "".join(self.errors)
+
+
+@pytest.fixture
+def workers(scheduler_endpoint: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts worker processes on the test's scheduler; whatever still runs at the end is killed."""
+    started: list[WorkerProcess] = []
+
+    def start(model_url: str, **env: str) -> WorkerProcess:
+        started.append(WorkerProcess(model_url, **env))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.finish(signal.SIGKILL)
 
 
 class ModelGate:
@@ -114,13 +168,16 @@ class ModelGate:
                 forwarded = urllib.request.Request(
                     target + self.path.removeprefix("/v1"), data=body, headers={"Content-Type": "application/json"}
                 )
-                with urllib.request.urlopen(forwarded, timeout=30) as answer:
-                    payload = answer.read()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    with urllib.request.urlopen(forwarded, timeout=30) as answer:
+                        payload = answer.read()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client went away (its worker was killed)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
         self.server.daemon_threads = True
@@ -142,36 +199,61 @@ def gate(offline_model: OfflineModelServer) -> Iterator[ModelGate]:
 
 # endregion
 
+# region The demo and the script
+
 
 @pytest.mark.timeout(60)
-def test_main_demo_recalls_across_generations_and_worker_replacement(capsys: pytest.CaptureFixture[str]) -> None:
-    asyncio.run(sample.main())
+def test_main_demo_recalls_through_a_summary_books_once_and_archives_what_left(
+    capsys: pytest.CaptureFixture[str], bookings: Callable[[], list[dict[str, str]]]
+) -> None:
+    result = asyncio.run(sample.main())
     out, err = capsys.readouterr()
     assert err == ""
-    agent_lines = [line.removeprefix("Agent: ") for line in out.splitlines() if line.startswith("Agent: ")]
-    # 9 thread turns (the duplicate is not answered again) + 1 control turn.
-    assert len(agent_lines) == 10
-    assert "Alice" in agent_lines[3]  # asked after the first continue-as-new
-    assert ("Paris" in agent_lines[5], "blue" in agent_lines[6]) == (True, True)
-    assert "Alice" in agent_lines[8]  # asked while no worker ran, answered by the new worker
-    assert "Alice" not in agent_lines[9]  # control: a new thread knows nothing
+    replies, status, archive = result["replies"], result["status"], result["archive"]
+    assert replies[4] == "Your name is Alice."  # asked after the first summary replaced the oldest exchanges
+    assert replies[5:8] == ["You live in Paris.", "Your favorite color is blue.", replies[7]]
+    assert replies[8] == "You live in Paris."  # raised while no worker ran, answered by the new one
+    assert replies[9].startswith("Booked a flight to Paris") and replies[10] == DECLINED.replace("Paris", "Rome")
+    assert [booking["destination"] for booking in bookings()] == ["Paris"]  # approved once, declined once
+    assert "Alice" not in result["control_reply"]
+    # 11 turns answered; the duplicate ignored; nothing lost: every message is in the session or the archive.
+    assert (status["turns"], status["ignored"]) == (11, 1)
+    assert status["summaries"] >= 1 and status["archived"] == len(archive["messages"]) > 0
+    assert archive["messages"][0]["contents"][0]["text"] == "My name is Alice."  # the oldest message, kept in order
+    assert "Approval: the agent asks to run book_flight" in out and "Approval: declined" in out
     assert "continue-as-new: generation 0 -> 1" in out
-    assert "duplicates_ignored=1]" in out.split("== 4.")[0].split("== 3.")[1]
-    final = json.loads(out.split("custom status:\n")[1].split("\n\nEnded")[0])
-    assert {key: final[key] for key in ("turns", "messages", "generation", "duplicates_ignored", "trimmed")} == {
-        "turns": 9,
-        "messages": 18,
-        "generation": 3,
-        "duplicates_ignored": 1,
-        "trimmed": 0,
-    }
+
+
+@pytest.mark.timeout(60)
+def test_script_runs_as_a_user_would_without_leaking(run_script: ScriptRunner) -> None:
+    result = run_script("-W", "error::ResourceWarning", SCRIPT)  # -X dev also works, 4x slower (asyncio debug)
+    assert result.returncode == 0, result.stderr
+    assert "ResourceWarning" not in result.stderr and "Traceback" not in result.stderr
+    banner = result.stdout.splitlines()[0]
+    assert all(part in banner for part in expected_banner(scheduler=True))
+    assert "Agent: Your name is Alice." in result.stdout
+    assert "Agent: I did not book the flight to Rome: the request was declined." in result.stdout
+    assert "Archive entity: " in result.stdout and result.stdout.rstrip().endswith(".")
+
+
+def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
+    helped = run_script(SCRIPT, "--help", timeout=30)
+    assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout
+    assert "Backends:" not in helped.stdout
+    refused = run_script(SCRIPT, "--bogus", timeout=30)
+    assert refused.returncode == 2 and "unrecognized arguments: --bogus" in refused.stderr
+
+
+# endregion
+
+# region Turns, duplicates, generations
 
 
 @pytest.mark.timeout(60)
 def test_ten_turns_back_to_back_events_and_a_duplicate(
-    scheduler: SchedulerBackend, in_process_worker: TaskHubGrpcWorker
+    client: TaskHubGrpcClient, in_process_worker: roles.AgentTurns
 ) -> None:
-    thread, control = new_thread(scheduler, every=3), new_thread(scheduler, every=3)
+    thread, control = new_thread(client, every=3), new_thread(client, every=3)
     facts = ["My name is Alice.", "I live in Paris.", "My favorite color is blue."]
     questions = {"What is my name?": "Alice", "Where do I live?": "Paris", "What is my favorite color?": "blue"}
 
@@ -179,97 +261,35 @@ def test_ten_turns_back_to_back_events_and_a_duplicate(
         turn_ids, replies = [], []
         for fact in facts:  # turns 1-3: the third ends generation 0
             turn_ids.append(thread.raise_turn(fact))
-            replies.append((await thread.wait_for_reply(turn_ids[-1]))[0])
-        # Turns 4-7 raised at once (the continue-as-new after turn 6 happens with turn 7 already waiting), and
-        # turn 4 raised a second time with the same id.
+            replies.append((await thread.wait(turn_ids[-1])).text)
+        # Turns 4-7 raised at once (a continue-as-new happens with turns waiting), and turn 4 raised again.
         batch = [*questions, "Summarize our conversation."]
         turn_ids += [thread.raise_turn(text) for text in batch]
         thread.raise_turn(batch[0], turn_id=turn_ids[3])
         # A lost event shows up as a timeout here, well before the test's own timeout.
-        replies += [(await thread.wait_for_reply(turn_id, timeout=20))[0] for turn_id in turn_ids[3:]]
-        for text in [*questions]:  # turns 8-10, generation 2 -> 3
+        replies += [(await thread.wait(turn_id, timeout=20)).text for turn_id in turn_ids[3:]]
+        for text in questions:  # turns 8-10
             turn_ids.append(thread.raise_turn(text))
-            replies.append((await thread.wait_for_reply(turn_ids[-1]))[0])
-        status = await wait_for_custom_status(
-            thread.client, thread.thread_id, lambda status: bool(status and status["duplicates_ignored"]), timeout=30
-        )
-        control_reply = (await control.ask("What is my name?"))[0]
-        return turn_ids, replies, status, control_reply
+            replies.append((await thread.wait(turn_ids[-1])).text)
+        status = await wait_for_status(thread, lambda status: status["ignored"] == 1)
+        return turn_ids, replies, status, (await control.ask("What is my name?")).text
 
     turn_ids, replies, status, control_reply = asyncio.run(scenario())
     for question, reply in zip([*questions, *questions], [*replies[3:6], *replies[7:]], strict=True):
         assert questions[question] in reply, (question, reply)
-    assert all(fact in replies[6] for fact in ("Alice", "Paris", "blue"))  # the summary saw all of them
+    assert all(fact in replies[6] for fact in ("Alice", "Paris", "blue"))  # the summary turn saw all of them
     assert "Alice" not in control_reply
-    assert {key: status[key] for key in ("turns", "messages", "generation", "duplicates_ignored")} == {
+    # 11 events (10 turns and the duplicate) in generations of 3: the fourth generation runs.
+    assert {key: status[key] for key in ("turns", "messages", "generation", "ignored")} == {
         "turns": 10,
         "messages": 20,
         "generation": 3,
-        "duplicates_ignored": 1,
+        "ignored": 1,
     }
-    # Generation 3 started from the session after turn 9: each turn's user message once, in order.
+    # Generation 3 started after 9 events: 8 turns (and the duplicate), each user message once, in order.
     stored = session_messages(thread)
-    assert [message["message_id"] for message in stored if message["role"] == "user"] == turn_ids[:9]
-    assert len(stored) == 18
-
-
-@pytest.mark.timeout(60)
-def test_session_budget_trims_whole_exchanges_and_rejects_an_oversize_turn(
-    scheduler: SchedulerBackend, in_process_worker: TaskHubGrpcWorker
-) -> None:
-    budget = 1_500  # about three short exchanges
-    thread = new_thread(scheduler, every=2, session_budget=budget)
-
-    async def scenario() -> list[str]:
-        replies = [(await thread.ask(text))[0] for text in ["My name is Alice.", "I live in Paris.", "Hello!"]]
-        with pytest.raises(SampleError, match=f"failed and was not stored: .*over the session budget of {budget:,}"):
-            await thread.ask("Please remember this: " + "x" * 3_000)
-        with pytest.raises(SampleError, match="over the limit of 32,000"):
-            thread.raise_turn("y" * 40_000)
-        replies.append((await thread.ask("Where do I live?"))[0])
-        replies.append((await thread.ask("What is my name?"))[0])
-        return replies
-
-    replies = asyncio.run(scenario())
-    status = thread.status()
-    assert status is not None and status["trimmed"] > 0
-    # Nothing vanished silently: every message of the five stored turns is either kept or counted as trimmed.
-    assert status["messages"] + status["trimmed"] == 2 * 5
-    assert "Paris" in replies[3]  # a recent exchange survived the trimming
-    assert "Alice" not in replies[4]  # the oldest exchange was dropped, as the status says
-    # Five turns stored; the oversize one was answered with an error and stored nothing.
-    assert status["turns"] == 5
-    assert session_messages(thread)[0]["role"] == "user"  # trimmed at an exchange boundary
-    assert len(json.dumps(stored_session(thread)).encode()) <= budget
-
-
-def test_trimming_keeps_the_newest_exchanges_that_fit() -> None:
-    """The trimming serializes the session once and counts dropped bytes: the result must match a re-serialization."""
-    history = [
-        message
-        for n in range(1, 30)
-        for message in (
-            {"role": "user", "contents": [{"type": "text", "text": "é" * n}]},  # six bytes each in JSON (\u00e9)
-            {"role": "tool", "contents": [{"type": "text", "text": "x" * 3 * n}]},
-            {"role": "assistant", "contents": [{"type": "text", "text": "ok"}]},
-        )
-    ]
-
-    def session_with(messages: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"type": "session", "session_id": "s", "state": {"in_memory": {"messages": list(messages)}}}
-
-    for budget in range(400, 9_000, 97):
-        session = session_with(history)
-        try:
-            dropped = sample.trim_to_budget(session, budget)
-        except sample.TurnRejected:
-            assert sample.json_bytes(session_with(history[-3:])) > budget  # not even the last exchange fits
-            continue
-        kept = session["state"]["in_memory"]["messages"]
-        assert (kept[0]["role"], dropped + len(kept)) == ("user", len(history))
-        assert sample.json_bytes(session) <= budget
-        if dropped:  # it stopped as soon as the session fitted: one more exchange would not have
-            assert sample.json_bytes(session_with(history[dropped - 3 :])) > budget
+    assert [message["message_id"] for message in stored if message["role"] == "user"] == turn_ids[:8]
+    assert len(stored) == 16
 
 
 class RecordingContext:
@@ -281,7 +301,8 @@ class RecordingContext:
         self.calls: list[tuple[str, Any]] = []
 
     def set_custom_status(self, status: dict[str, Any]) -> None:
-        self.calls.append(("status", status["last_turn_id"]))
+        last = status["recent"][-1]["turn_id"] if status["recent"] else None
+        self.calls.append(("status", status["working_on"] or last))
 
     def wait_for_external_event(self, name: str) -> str:
         self.calls.append(("wait", name))
@@ -296,64 +317,268 @@ class RecordingContext:
 
 
 def run_generation(state: dict[str, Any], turn_ids: list[str]) -> list[tuple[str, Any]]:
-    """Drive one generation of the orchestrator: each turn's event, then its activity's result."""
+    """Drive one generation of the orchestrator: each turn's event, then its activity's result (one new exchange)."""
     ctx = RecordingContext()
     steps = sample.thread_orchestrator(ctx, state)  # type: ignore[arg-type]
     assert next(steps) == "wait"
     with pytest.raises(StopIteration):
         for turn_id in turn_ids:
             assert steps.send({"turn_id": turn_id, "message": "Hello!"}) == "activity"
-            result = {"reply": f"reply to {turn_id}", "session": {"turn": turn_id}, "messages": 2, "trimmed": 0}
-            assert steps.send(result) == "wait"
+            session = {"type": "session", "state": {"in_memory": {"messages": []}}}
+            added = [{"role": "user", "contents": []}, {"role": "assistant", "contents": []}]
+            change = {"reply": f"reply to {turn_id}", "session": session, "requests": []}
+            assert steps.send(change | {"dropped": [], "summaries": [], "added": added}) == "wait"
     return ctx.calls
 
 
 def test_the_last_reply_of_a_generation_is_published_by_the_next_one() -> None:
-    state = sample.initial_state(every=2, session_budget=sample.SESSION_BUDGET_BYTES)
+    state = generation_input_for(every=2)
     first = run_generation(state, ["t1", "t2"])
     # No status in the step that continues as new: a client would raise its next turn while the new
     # generation's first step is in flight, and the embedded scheduler holds such an event up to 100 ms.
     assert first == [
         ("status", None),
         ("wait", sample.USER_TURN),
+        ("status", "t1"),  # working on t1: published with the activity's scheduling
         ("activity", "t1"),
         ("status", "t1"),
         ("wait", sample.USER_TURN),
+        ("status", "t2"),
         ("activity", "t2"),
         ("continue_as_new", (1, True)),
     ]
     second = run_generation(state, ["t3", "t4"])  # continue_as_new carried `state` over
     assert second[0] == ("status", "t2")  # the new generation publishes t2's reply first thing
-    assert state["recent"][-2:] == [
-        {"turn_id": "t3", "reply": "reply to t3"},
-        {"turn_id": "t4", "reply": "reply to t4"},
-    ]
+    assert [outcome["turn_id"] for outcome in state["recent"][-2:]] == ["t3", "t4"]
+    assert state["messages"] == 8 and state["turns"] == 4  # each run's change appended to the kept session
 
 
-def test_a_thread_that_could_pass_the_scheduler_message_limit_is_refused(
-    scheduler: SchedulerBackend, capsys: pytest.CaptureFixture[str]
+def generation_input_for(**options: Any) -> dict[str, Any]:
+    """The input `OrchestratedThread.start` schedules, captured from a stand-in client."""
+    captured: dict[str, Any] = {}
+
+    class Client:
+        def get_orchestration_state(self, _: str) -> None:
+            return None
+
+        def schedule_new_orchestration(self, _: Any, *, input: dict[str, Any], instance_id: str) -> str:
+            captured.update(input)
+            return instance_id
+
+    sample.OrchestratedThread(Client(), "captured").start(**options)  # type: ignore[arg-type]
+    return captured
+
+
+# endregion
+
+# region Compaction: the session under its byte budget, summaries, the archive, the change a turn sends back
+
+
+@pytest.mark.timeout(60)
+def test_session_budget_drops_whole_oldest_groups_archives_them_and_rejects_an_oversize_turn(
+    client: TaskHubGrpcClient, in_process_worker: roles.AgentTurns
 ) -> None:
-    # Every turn replays the session twice (the activity's input and result): continue-as-new every 10 turns with
-    # the default budget could put 21 sessions (5.4 MB) in one step, over gRPC's 4 MiB.
-    assert sample.largest_step_bytes(10, sample.SESSION_BUDGET_BYTES) > 5_000_000
-    sample.check_size_limits(sample.TURNS_PER_GENERATION, sample.SESSION_BUDGET_BYTES)  # the defaults fit
-    thread = sample.OrchestratedThread(scheduler.client(), f"test-{uuid.uuid4().hex[:10]}")
-    with pytest.raises(SampleError, match=r"continue-as-new every 10 turns .* over 3,145,728: lower --every"):
-        thread.start(every=10)
-    assert thread.client.get_orchestration_state(thread.thread_id) is None  # nothing was scheduled
-    thread.client.close()
+    budget = 3_000  # about five short messages
+    thread = new_thread(client, every=2, session_budget=budget, summarize=False)
 
-    with pytest.raises(SystemExit) as exit_info:
-        run_sample(sample.main(every=10))
-    assert exit_info.value.code == 1
-    captured = capsys.readouterr()
-    assert captured.out == ""  # refused before any backend started
-    assert captured.err.startswith("error: continue-as-new every 10 turns") and captured.err.count("\n") == 1
+    async def scenario() -> list[str]:
+        said = ["My name is Alice.", "I live in Paris.", "Hello!"]
+        replies = [(await thread.ask(text)).text for text in said]
+        with pytest.raises(sample.InvalidThreadInput, match="refused"):
+            thread.raise_turn("y" * 40_000)
+        with pytest.raises(sample.ThreadError, match=f"was not stored: .* the session budget of {budget:,} bytes"):
+            await thread.ask("Please remember this: " + "x" * 3_000)
+        replies.append((await thread.ask("Where do I live?")).text)
+        replies.append((await thread.ask("What is my name?")).text)
+        await wait_for_status(thread, lambda status: status["generation"] >= 3)
+        return replies
+
+    replies = asyncio.run(scenario())
+    status = thread.status()
+    assert status is not None and status["turns"] == 5 and status["summaries"] == 0
+    assert "Paris" in replies[3]  # a recent exchange survived the trimming
+    assert "Alice" not in replies[4]  # the oldest exchange was dropped, as the status says
+    archive = read_archive_when_complete(client, thread.thread_id, status["archived"])
+    # Nothing vanished: every message of the five stored turns is in the session or, in order, in the archive.
+    assert status["messages"] + status["archived"] == 2 * 5
+    assert texts(archive["messages"])[:2] == ["My name is Alice.", "Nice to meet you, Alice!"]
+    stored = session_messages(thread)
+    assert len(json.dumps(stored)) <= budget  # the framework's count with our per-message overhead is an upper bound
+    assert stored[0]["role"] != "tool"  # whole groups: never a tool result without its call
+
+
+def read_archive_when_complete(client: TaskHubGrpcClient, thread_id: str, archived: int) -> dict[str, Any]:
+    for _ in range(200):
+        archive = roles.read_archive(client, thread_id)
+        if len(archive["messages"]) + archive["forgotten"] >= archived:
+            return archive
+        threading.Event().wait(0.05)
+    raise AssertionError("the archive entity never received every moved message")
+
+
+def test_the_byte_tokenizer_bounds_the_session_json_of_every_kind_of_message() -> None:
+    """The budget counts the framework's serialization of each message plus a fixed overhead: that must not be less
+    than what the message really adds to the session's JSON (escaped unicode, tool calls, approvals, long ids)."""
+    from agent_framework import Content, Message
+    from agent_framework._compaction import _serialize_message, annotate_message_groups
+
+    call = Content.from_function_call(call_id="call_" + "c" * 24, name="book_flight", arguments={"destination": "P"})
+    messages = [
+        Message("user", ["é日本😀 " * 30], message_id="t" * 64),
+        Message("assistant", [call], author_name="Assistant"),
+        Message("tool", [Content.from_function_result(call_id="call_" + "c" * 24, result="Booked.")]),
+        Message("assistant", [Content.from_text('quote " \\ done')], author_name="Assistant"),
+    ]
+    annotate_message_groups(messages, tokenizer=sample.SESSION_JSON_BYTES)
+    for message in messages:
+        real = len(json.dumps(message.to_dict()))
+        assert sample.SESSION_JSON_BYTES.count_tokens(_serialize_message(message)) >= real, message.role
+
+
+@pytest.mark.timeout(90)
+def test_a_summary_carries_a_fact_across_200_turns_and_without_summaries_it_is_forgotten(
+    client: TaskHubGrpcClient, in_process_worker: roles.AgentTurns, bookings: Callable[[], list[dict[str, str]]]
+) -> None:
+    """Turn 1 tells a fact; 200 turns follow (with tool-calling, approved turns in the summarized window) under a
+    budget of about 100 messages, across continue-as-new. With summaries the fact survives in the session; without,
+    it is forgotten (the negative control). The strict offline endpoint answers no 400 (autouse check)."""
+    budget = 60_000
+    summarized = new_thread(client, every=10, session_budget=budget)
+    trimmed = new_thread(client, every=10, session_budget=budget, summarize=False)
+    filler = ["Tell me a joke.", "Hello!", "What can you do?", "Book a flight to Paris."]
+
+    async def conversation(thread: sample.OrchestratedThread) -> tuple[str, dict[str, Any]]:
+        await thread.ask("My name is Alice.")
+        for number in range(200):
+            reply = await thread.ask(filler[number % len(filler)])
+            for request in reply.approvals:
+                thread.answer(request["id"], True)
+            if reply.approvals:
+                await thread.wait(reply.status["pending"]["turn_id"])
+        final = await thread.ask("What is my name?")
+        return final.text, final.status
+
+    async def both() -> list[tuple[str, dict[str, Any]]]:
+        return await asyncio.gather(conversation(summarized), conversation(trimmed))
+
+    (recalled, with_summaries), (forgotten, without) = asyncio.run(both())
+    assert recalled == "Your name is Alice."
+    assert "Alice" not in forgotten
+    assert with_summaries["summaries"] >= 2 and without["summaries"] == 0  # summaries of summaries carried it
+    assert with_summaries["generation"] >= 20 and without["archived"] > 100
+    assert len(bookings()) == 2 * 50  # every approved booking ran once, in both threads
+    kept = session_messages(summarized)
+    assert (
+        20 <= len(kept) <= 110 and len(json.dumps(kept)) < budget + 5_000
+    )  # plus a summary's list of what it replaced
+
+
+# endregion
+
+# region Tool approval on the durable thread
+
+
+@pytest.mark.timeout(90)
+def test_an_approval_survives_a_killed_worker_and_the_tool_runs_exactly_once(
+    client: TaskHubGrpcClient,
+    offline_model: OfflineModelServer,
+    workers: Callable[..., WorkerProcess],
+    bookings: Callable[[], list[dict[str, str]]],
+) -> None:
+    thread = new_thread(client)
+    worker = workers(offline_model.base_url)
+
+    async def until_pending() -> sample.Reply:
+        await thread.ask("My name is Alice.")
+        return await thread.ask("Book a flight to Paris.")
+
+    pending = asyncio.run(until_pending())
+    assert [request["function_call"]["name"] for request in pending.approvals] == ["book_flight"]
+    approval = f"{thread.thread_id}:approval:{pending.approvals[0]['id']}"
+    while (state := client.get_orchestration_state(approval)) is None or state.runtime_status.name != "RUNNING":
+        threading.Event().wait(0.02)  # its first step (the durable timer) ran: a SIGKILL mid-step would strand it
+    worker.finish(signal.SIGKILL)  # the request waits in the scheduler, not in any worker
+    assert bookings() == []
+    replacement = workers(offline_model.base_url)
+    thread.answer(pending.approvals[0]["id"], True)
+
+    async def after_approval() -> tuple[str, str]:
+        booked = await thread.wait(pending.status["pending"]["turn_id"])
+        return booked.text, (await thread.ask("What is my name?")).text
+
+    booked, recall = asyncio.run(after_approval())
+    assert booked.startswith("Booked a flight to Paris, confirmation booking-")
+    assert [booking["destination"] for booking in bookings()] == ["Paris"]
+    assert recall == "Your name is Alice."  # the conversation carried on, memory intact
+    assert replacement.finish() == (0, "")
+
+
+@pytest.mark.timeout(60)
+def test_a_declined_tool_call_never_runs_and_the_agent_says_so(
+    client: TaskHubGrpcClient, in_process_worker: roles.AgentTurns, bookings: Callable[[], list[dict[str, str]]]
+) -> None:
+    thread = new_thread(client)
+
+    async def scenario() -> sample.Reply:
+        pending = await thread.ask("Book a flight to Paris.")
+        thread.answer(pending.approvals[0]["id"], False)
+        return await thread.wait(pending.status["pending"]["turn_id"])
+
+    reply = asyncio.run(scenario())
+    assert reply.text == DECLINED and bookings() == []
+    assert reply.status["recent"][-1]["approvals"] == [{"approved": False, "answer": "declined"}]
+
+
+@pytest.mark.timeout(60)
+def test_an_unanswered_tool_call_is_declined_by_the_durable_timer(
+    client: TaskHubGrpcClient, in_process_worker: roles.AgentTurns, bookings: Callable[[], list[dict[str, str]]]
+) -> None:
+    thread = new_thread(client, approval_timeout=1.5)
+
+    async def scenario() -> dict[str, Any]:
+        pending = await thread.ask("Book a flight to Paris.")
+        assert pending.approvals and bookings() == []
+        turn_id = pending.status["pending"]["turn_id"]  # nobody answers: wait for the turn's outcome
+        status = await wait_for_status(
+            thread, lambda status: status["recent"][-1:] and status["recent"][-1]["turn_id"] == turn_id
+        )
+        return status["recent"][-1]
+
+    outcome = asyncio.run(scenario())
+    assert outcome["reply"] == DECLINED and bookings() == []
+    assert outcome["approvals"] == [{"approved": False, "answer": "declined: no answer within 1.5 s"}]
+
+
+@pytest.mark.timeout(60)
+def test_a_repeated_or_late_approval_changes_nothing_and_an_unknown_request_is_refused(
+    client: TaskHubGrpcClient, in_process_worker: roles.AgentTurns, bookings: Callable[[], list[dict[str, str]]]
+) -> None:
+    thread = new_thread(client, every=2)
+
+    async def scenario() -> tuple[str, str]:
+        pending = await thread.ask("Book a flight to Paris.")
+        request_id = pending.approvals[0]["id"]
+        thread.answer(request_id, True)
+        thread.answer(request_id, True)  # a client retrying: the approval orchestration takes the first answer only
+        booked = await thread.wait(pending.status["pending"]["turn_id"])
+        thread.answer(request_id, False)  # too late: its approval orchestration has completed
+        return booked.text, (await thread.ask("Hello!")).text
+
+    booked, after = asyncio.run(scenario())
+    assert booked.startswith("Booked a flight to Paris") and after
+    assert len(bookings()) == 1
+    with pytest.raises(sample.ThreadError, match="has no approval request 'af-call-unknown'"):
+        thread.answer("af-call-unknown", True)
+
+
+# endregion
+
+# region Worker processes: replaced, stopped, killed
 
 
 @pytest.mark.timeout(60)
 def test_one_chat_client_serves_concurrent_turns_of_different_threads(
-    scheduler: SchedulerBackend, gate: ModelGate, monkeypatch: pytest.MonkeyPatch
+    scheduler: SchedulerBackend, client: TaskHubGrpcClient, gate: ModelGate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[Any] = []
 
@@ -361,15 +586,12 @@ def test_one_chat_client_serves_concurrent_turns_of_different_threads(
         built.append(original(**kwargs))
         return built[-1]
 
-    original = sample.OpenAIChatCompletionClient
-    monkeypatch.setattr(sample, "OpenAIChatCompletionClient", counting_client)
-    gated = ModelBackend(
-        "offline", "the gate", {"model": OFFLINE_MODEL_NAME, "api_key": "offline", "base_url": gate.url}
-    )
-    turns = sample.AgentTurns(gated)
-    worker = sample.new_worker(scheduler, turns)
+    original = roles.OpenAIChatCompletionClient
+    monkeypatch.setattr(roles, "OpenAIChatCompletionClient", counting_client)
+    turns = roles.AgentTurns({"model": OFFLINE_MODEL_NAME, "api_key": "offline", "base_url": gate.url})
+    worker = roles.new_worker(scheduler.worker(), turns)
     worker.start()
-    alice, bob = new_thread(scheduler), new_thread(scheduler)
+    alice, bob = new_thread(client), new_thread(client)
 
     async def scenario() -> tuple[str, str]:
         turn_ids = [alice.raise_turn("My name is Alice."), bob.raise_turn("My name is Bob.")]
@@ -379,12 +601,10 @@ def test_one_chat_client_serves_concurrent_turns_of_different_threads(
             await asyncio.sleep(0.05)
         assert gate.requests == 2, "the two turns did not run concurrently"
         gate.released.set()
-        await alice.wait_for_reply(turn_ids[0])
-        await bob.wait_for_reply(turn_ids[1])
-        (alice_reply, _), (bob_reply, _) = await asyncio.gather(
-            alice.ask("What is my name?"), bob.ask("What is my name?")
-        )
-        return alice_reply, bob_reply
+        await alice.wait(turn_ids[0])
+        await bob.wait(turn_ids[1])
+        replies = await asyncio.gather(alice.ask("What is my name?"), bob.ask("What is my name?"))
+        return replies[0].text, replies[1].text
 
     try:
         alice_reply, bob_reply = asyncio.run(scenario())
@@ -395,113 +615,292 @@ def test_one_chat_client_serves_concurrent_turns_of_different_threads(
     assert "Bob" in bob_reply and "Alice" not in bob_reply
     assert len(built) == 1  # four turns, one client
     # close() closed the client inside its loop, then stopped the loop and its thread.
-    assert (
-        turns.chat_client is built[0]
-        and built[0].client.is_closed()
-        and turns._loop.is_closed()
-        and not turns._thread.is_alive()
-    )
+    assert turns.chat_client is built[0] and built[0].client.is_closed()
+    assert turns._loop.is_closed() and not turns._thread.is_alive()
     turns.close()  # a second close does nothing
-
-
-def test_client_and_worker_roles_need_a_configured_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        run_sample(sample.main("client"))
-    assert exit_info.value.code == 1
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("error: --role client needs DTS_ENDPOINT") and captured.err.count("\n") == 1
 
 
 @pytest.mark.timeout(90)
 def test_worker_process_killed_between_turns_is_replaced(
-    scheduler: SchedulerBackend, scheduler_endpoint: str, offline_model: OfflineModelServer
+    client: TaskHubGrpcClient, offline_model: OfflineModelServer, workers: Callable[..., WorkerProcess]
 ) -> None:
-    thread = new_thread(scheduler, every=2)
-    worker = WorkerProcess(offline_model.base_url)
-    try:
-        first, _ = asyncio.run(thread.ask("My name is Alice."))
-    finally:
-        worker.process.send_signal(signal.SIGKILL)
-        worker.finish()
+    thread = new_thread(client, every=2)
+    worker = workers(offline_model.base_url)
+    first = asyncio.run(thread.ask("My name is Alice.")).text
+    worker.finish(signal.SIGKILL)
     # A turn raised while no worker runs stays queued in the scheduler...
     turn_id = thread.raise_turn("What is my name?")
     status = thread.status()
-    assert status is not None and status["turns"] == 1 and status["last_turn_id"] != turn_id
-    replacement = WorkerProcess(offline_model.base_url)
-    try:
+    assert status is not None and status["turns"] == 1 and status["recent"][-1]["turn_id"] != turn_id
+    replacement = workers(offline_model.base_url)
+
+    async def scenario() -> tuple[str, sample.Reply]:
         # ... and the new worker answers it from the session the old one produced.
-        reply, status = asyncio.run(thread.wait_for_reply(turn_id))
-        follow_up, status = asyncio.run(thread.ask("Where do I live?"))  # crosses a continue-as-new
-    finally:
-        replacement.process.send_signal(signal.SIGTERM)
-        exit_status, stderr = replacement.finish()
-    assert "Alice" in first and "Alice" in reply and "Paris" not in follow_up
-    assert (status["turns"], status["messages"], status["generation"]) == (3, 6, 1)
-    assert (exit_status, stderr) == (0, "")
+        reply = (await thread.wait(turn_id)).text
+        return reply, await thread.ask("Where do I live?")  # crosses a continue-as-new
+
+    reply, follow_up = asyncio.run(scenario())
+    assert "Alice" in first and "Alice" in reply and "Paris" not in follow_up.text
+    assert (follow_up.status["turns"], follow_up.status["messages"], follow_up.status["generation"]) == (3, 6, 1)
+    assert replacement.finish() == (0, "")
 
 
 @pytest.mark.timeout(90)
 def test_sigterm_during_a_turn_lets_that_turn_finish(
-    scheduler: SchedulerBackend, scheduler_endpoint: str, gate: ModelGate
+    client: TaskHubGrpcClient, gate: ModelGate, workers: Callable[..., WorkerProcess]
 ) -> None:
-    thread = new_thread(scheduler)
-    worker = WorkerProcess(gate.url)
+    thread = new_thread(client)
+    worker = workers(gate.url)
     turn_id = thread.raise_turn("My name is Alice.")
     assert gate.arrived.wait(timeout=30), "the activity never called the model"
     worker.process.send_signal(signal.SIGTERM)  # the activity is now waiting on the model
     worker.wait_for_line("Stopping the worker")
     gate.released.set()
-    exit_status, stderr = worker.finish()
-    assert (exit_status, stderr) == (0, "")
+    assert worker.finish() == (0, "")
     # The stopped worker delivered the activity's result; a new worker lets the orchestrator record it.
-    replacement = WorkerProcess(gate.url)
-    try:
-        reply, status = asyncio.run(thread.wait_for_reply(turn_id))
-        recall, status = asyncio.run(thread.ask("What is my name?"))
-    finally:
-        replacement.process.send_signal(signal.SIGTERM)
-        replacement.finish()
-    assert "Alice" in reply and "Alice" in recall
+    replacement = workers(gate.url)
+
+    async def scenario() -> tuple[str, sample.Reply]:
+        return (await thread.wait(turn_id)).text, await thread.ask("What is my name?")
+
+    reply, recall = asyncio.run(scenario())
+    assert "Alice" in reply and "Alice" in recall.text
     assert gate.requests == 2  # one model call per turn: the interrupted turn was not run again
-    assert (status["turns"], status["messages"]) == (2, 4)
+    assert (recall.status["turns"], recall.status["messages"]) == (2, 4)
+    replacement.finish()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_mid_turn_on_the_embedded_scheduler_is_reported_as_lost(
+    scheduler: SchedulerBackend, client: TaskHubGrpcClient, gate: ModelGate, workers: Callable[..., WorkerProcess]
+) -> None:
+    if not scheduler.is_embedded:
+        pytest.skip("a Durable Task Scheduler re-dispatches the activity: see the next test")
+    thread = new_thread(client)
+    worker = workers(gate.url)
+    turn_id = thread.raise_turn("My name is Alice.")
+    assert gate.arrived.wait(timeout=30)
+    worker.finish(signal.SIGKILL)
+    with pytest.raises(sample.ThreadError) as raised:
+        asyncio.run(thread.wait(turn_id, timeout=1))
+    message = str(raised.value)
+    assert f"no reply to {turn_id} within 1 s: its worker is slow or died mid-turn" in message
+    assert "embedded scheduler lost it" in message and "answered once a worker runs" not in message
 
 
 @pytest.mark.timeout(600)
 def test_worker_killed_mid_activity_is_retried_by_the_scheduler(
-    request: pytest.FixtureRequest, scheduler: SchedulerBackend, scheduler_endpoint: str, gate: ModelGate
+    request: pytest.FixtureRequest,
+    scheduler: SchedulerBackend,
+    client: TaskHubGrpcClient,
+    gate: ModelGate,
+    workers: Callable[..., WorkerProcess],
 ) -> None:
-    if scheduler.embedded is not None or not using_real_services(request.config):
+    if scheduler.is_embedded or not using_real_services(request.config):
         pytest.skip(
-            "needs a real Durable Task Scheduler (--use-env with DTS_ENDPOINT): the embedded in-memory backend "
-            "never re-dispatches an activity whose worker died (it has no lock timeout), the managed one does "
-            "once the work item's lock expires"
+            "needs a real Durable Task Scheduler (--use-env with DTS_ENDPOINT): the embedded in-memory backend, "
+            "however it was started, never re-dispatches an activity whose worker died (it has no lock timeout); "
+            "the managed one does once the work item's lock expires"
         )
-    thread = new_thread(scheduler)
-    worker = WorkerProcess(gate.url)
+    thread = new_thread(client)
+    worker = workers(gate.url)
     turn_id = thread.raise_turn("My name is Alice.")
     assert gate.arrived.wait(timeout=60)
-    worker.process.send_signal(signal.SIGKILL)
-    worker.finish()
+    worker.finish(signal.SIGKILL)
     gate.released.set()
-    replacement = WorkerProcess(gate.url)
+    replacement = workers(gate.url)
+    reply = asyncio.run(thread.wait(turn_id, timeout=540))
+    assert "Alice" in reply.text and reply.status["turns"] == 1
+    replacement.finish()
+
+
+# endregion
+
+# region Bad input and misconfiguration: one line, nothing created
+
+
+def test_bad_thread_ids_are_refused_before_anything_is_sent(client: TaskHubGrpcClient) -> None:
+    for bad in ["", "\udcff", "x" * 65, "a/b", "@entity"]:
+        with pytest.raises(sample.InvalidThreadInput, match="invalid thread id"):
+            sample.OrchestratedThread(client, bad)
+
+
+@pytest.mark.parametrize("thread_id", ["", "\udcff", "x" * 200])
+def test_the_client_role_refuses_a_bad_thread_id_in_one_line(
+    run_script: ScriptRunner, scheduler_endpoint: str, client: TaskHubGrpcClient, thread_id: str
+) -> None:
+    result = run_script(SCRIPT, "--role", "client", "--thread", thread_id, "--say", "Hi", timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: invalid thread id") and result.stderr.count("\n") == 1
+    if thread_id == "x" * 200:
+        assert client.get_orchestration_state(thread_id) is None  # nothing was created
+
+
+def test_an_instance_of_another_orchestration_is_not_taken_for_a_thread(
+    client: TaskHubGrpcClient, run_script: ScriptRunner, scheduler_endpoint: str
+) -> None:
+    foreign = f"foreign-{uuid.uuid4().hex[:8]}"
+    client.schedule_new_orchestration("some_other_samples_history", input={"turns": "no"}, instance_id=foreign)
+    with pytest.raises(sample.ThreadError, match="is a 'some_other_samples_history' orchestration, not a thread"):
+        sample.OrchestratedThread(client, foreign).start()
+    result = run_script(SCRIPT, "--role", "client", "--thread", foreign, "--say", "Hi", timeout=30)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "not a thread" in result.stderr and "KeyError" not in result.stderr
+    client.terminate_orchestration(foreign, recursive=False)
+
+
+def test_a_message_over_the_limit_is_refused_before_the_thread_is_created(
+    run_script: ScriptRunner, scheduler_endpoint: str, client: TaskHubGrpcClient
+) -> None:
+    thread_id = f"long-{uuid.uuid4().hex[:8]}"
+    result = run_script(SCRIPT, "--role", "client", "--thread", thread_id, "--say", "y" * 40_000, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == "error: the message has 40,000 characters, over the limit of 32,000\n"
+    assert client.get_orchestration_state(thread_id) is None
+
+
+def test_a_thread_that_could_pass_the_scheduler_message_limit_is_refused(
+    client: TaskHubGrpcClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    thread = sample.OrchestratedThread(client, f"test-{uuid.uuid4().hex[:10]}")
+    with pytest.raises(sample.InvalidThreadInput, match=r"continue-as-new every 10 events .* over 3,145,728: lower"):
+        thread.start(every=10)  # 10 events could replay 21 sessions of 256,000 bytes in one step
+    thread.start(every=3)  # the default budget fits with up to 3 events per generation
+    client.terminate_orchestration(thread.thread_id, recursive=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_sample(sample.main(every=10, session_budget=256_000), errors=ERRORS)
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before any backend started
+    assert captured.err.startswith("error: continue-as-new every 10 events") and captured.err.count("\n") == 1
+
+
+def test_client_and_worker_roles_need_a_configured_scheduler(
+    run_script: ScriptRunner, no_service_settings: None
+) -> None:
+    for role in ("client", "worker"):
+        result = run_script(SCRIPT, "--role", role, timeout=30, env={"DTS_ENDPOINT": ""})
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.startswith(f"error: --role {role} needs DTS_ENDPOINT") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_failing_model_is_one_line_naming_the_settings_and_the_worker_logs_it(
+    run_script: ScriptRunner, workers: Callable[..., WorkerProcess]
+) -> None:
+    worker = workers(f"http://127.0.0.1:{free_loopback_port()}/v1")  # nothing listens there
+    thread_id = f"nomodel-{uuid.uuid4().hex[:8]}"
+    result = run_script(SCRIPT, "--role", "client", "--thread", thread_id, "--say", "Hi", timeout=60)
+    assert result.returncode == 1, result.stdout
+    line = result.stderr.strip()
+    assert result.stderr.count("\n") == 1 and line.startswith("error: turn-") and "<class" not in line
+    assert "failed and was not stored: the model service failed (Connection error.): check the worker's" in line
+    assert line.count("OPENAI_API_KEY") == 1 and line.count("Connection error.") == 1
+    status, errors = worker.finish()
+    assert status == 0 and f"thread {thread_id}: the model service failed (Connection error.)" in errors
+
+
+@pytest.mark.timeout(90)
+def test_the_client_says_once_that_it_waits_for_a_worker_then_continues_the_thread(
+    scheduler_endpoint: str, offline_model: OfflineModelServer, workers: Callable[..., WorkerProcess]
+) -> None:
+    thread_id = f"waiting-{uuid.uuid4().hex[:8]}"
+    arguments = ["--role", "client", "--thread", thread_id, "--say", "My name is Alice.", "--say", "What is my name?"]
+    client_process = start_child(
+        [sys.executable, SCRIPT, *arguments], cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        reply, status = asyncio.run(thread.wait_for_reply(turn_id, timeout=540))
+        assert client_process.stdout is not None
+        lines = []
+        for line in client_process.stdout:  # no worker runs yet
+            lines.append(line)
+            if line.startswith("Waiting for a worker"):
+                break
+        workers(offline_model.base_url)
+        out, err = client_process.communicate(timeout=60)
     finally:
-        replacement.process.send_signal(signal.SIGTERM)
-        replacement.finish()
-    assert "Alice" in reply and status["turns"] == 1
+        stop_child(client_process)
+    transcript = "".join(lines) + out
+    assert client_process.returncode == 0, err
+    assert transcript.count("Waiting for a worker") == 1 and "--role worker" in transcript
+    assert f"Started thread {thread_id}." in transcript and "Agent: Your name is Alice." in transcript
 
 
-@pytest.mark.timeout(60)
-def test_script_runs_as_a_user_would(run_script: ScriptRunner) -> None:
-    result = run_script("durable_task_orchestrated_thread.py")
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    banner = result.stdout.splitlines()[0]
-    assert all(part in banner for part in expected_banner(scheduler=True))
-    assert "continue-as-new: generation 0 -> 1" in result.stdout
-    assert "Agent: Your name is Alice." in result.stdout
-    assert "Runtime status: RUNNING" in result.stdout
-    assert result.stdout.rstrip().endswith(".")
-    assert "Ended the demo threads" in result.stdout
+@pytest.mark.timeout(90)
+def test_the_client_role_leaves_an_approval_waiting_and_a_later_client_answers_it(
+    run_script: ScriptRunner,
+    offline_model: OfflineModelServer,
+    workers: Callable[..., WorkerProcess],
+    bookings: Callable[[], list[dict[str, str]]],
+) -> None:
+    workers(offline_model.base_url)
+    thread_id = f"approve-{uuid.uuid4().hex[:8]}"
+    asked = run_script(SCRIPT, "--role", "client", "--thread", thread_id, "--say", "Book a flight to Paris.")
+    assert asked.returncode == 0, asked.stderr
+    request_id = asked.stdout.split("answer with --approve ")[1].split()[0]
+    assert "Approval: the agent asks to run book_flight(" in asked.stdout and bookings() == []
+    approved = run_script(SCRIPT, "--role", "client", "--thread", thread_id, "--approve", request_id)
+    assert approved.returncode == 0, approved.stderr
+    assert f"Approval: approved {request_id}" in approved.stdout
+    assert "Agent: Booked a flight to Paris" in approved.stdout and len(bookings()) == 1
+
+
+# endregion
+
+
+@pytest.mark.timeout(120)
+def test_the_lesson_works_copied_alone(tmp_path: Path, offline_model: OfflineModelServer) -> None:
+    """A reader copies the script's orchestrations, activity and client class, and from the plumbing module the
+    worker's `AgentTurns`, the archive entity and `new_worker`; a two-turn conversation and an approval run alone."""
+    lesson = [
+        "INSTRUCTIONS", "USER_TURN", "APPROVAL", "HISTORY", "MAX_TURN_CHARS", "RECENT_TURNS", "REMEMBERED_TURN_IDS",
+        "SESSION_JSON_BYTES", "SCHEDULER_MESSAGE_LIMIT_BYTES", "IDENTIFIER", "COUNTERS", "ENDED", "QUEUED", "LOST",
+        "ThreadError", "InvalidThreadInput", "book_flight", "take_turn", "thread_orchestrator",
+        "approval_orchestrator", "thread_status", "Reply", "OrchestratedThread", "check_step_size",
+    ]  # fmt: skip
+    line = "from copied import ThreadError, approval_orchestrator, take_turn, thread_orchestrator"
+    hosting = ["ARCHIVE_BUDGET_BYTES", "AgentTurns", "thread_archive", "new_worker", "read_archive"]
+    plumbing = standalone_source(ROLES, hosting).replace("\n\n", f"\n{line}\n\n", 1)  # after `from __future__`
+    (tmp_path / "thread_worker.py").write_text(plumbing, encoding="utf-8")
+    body = STANDALONE_BODY.replace("MODEL_URL", offline_model.base_url).replace("MODEL_NAME", OFFLINE_MODEL_NAME)
+    assert run_standalone(tmp_path, SCRIPT, lesson, body).stdout == "copied thread: ok\n"
+
+
+STANDALONE_BODY = """
+    import asyncio, socket
+    from durabletask.client import TaskHubGrpcClient
+    from durabletask.testing import InMemoryOrchestrationBackend
+    from durabletask.worker import TaskHubGrpcWorker
+    from copied import OrchestratedThread
+    from thread_worker import AgentTurns, new_worker
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = InMemoryOrchestrationBackend(port=port)
+    backend.start()
+    turns = AgentTurns({"model": "MODEL_NAME", "api_key": "offline", "base_url": "MODEL_URL"})
+    worker = new_worker(TaskHubGrpcWorker(host_address=f"localhost:{port}"), turns)
+    worker.start()
+    client = TaskHubGrpcClient(host_address=f"localhost:{port}")
+
+    async def conversation():
+        thread = OrchestratedThread(client, "copied-thread")
+        assert thread.start() is True
+        assert (await thread.ask("My name is Alice.")).text == "Nice to meet you, Alice!"
+        assert (await thread.ask("What is my name?")).text == "Your name is Alice."
+        pending = await thread.ask("Book a flight to Paris.")
+        thread.answer(pending.approvals[0]["id"], False)
+        declined = await thread.wait(pending.status["pending"]["turn_id"])
+        assert declined.text == "I did not book the flight to Paris: the request was declined.", declined
+        print("copied thread: ok")
+
+    try:
+        asyncio.run(conversation())
+    finally:
+        client.terminate_orchestration("copied-thread", recursive=False)
+        client.close()
+        worker.stop()
+        turns.close()
+        backend.stop()
+"""
