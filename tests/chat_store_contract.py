@@ -252,14 +252,17 @@ def hostile_session_ids(uid: str, victim: str) -> list[str]:
 
 
 def starts_with_orphan_tool_result(messages: Sequence[Message]) -> bool:
-    """True if a tool result answers a call that is not in the messages before it."""
-    called: set[str] = set()
-    for message in messages:
-        for content in message.contents:
-            if content.type == "function_call":
-                called.add(content.call_id or "")
-            elif content.type == "function_result" and content.call_id not in called:
-                return True
+    """True if a tool result answers a call that is not in the messages before it (or a person's approval answers a
+    request that is not)."""
+    asked: set[str | None] = set()
+    for content in (content for message in messages for content in message.contents):
+        if content.type == "function_call":
+            asked.add(content.call_id)
+        elif content.type == "function_approval_request":
+            asked.add(content.id)
+        answers = {"function_result": content.call_id, "function_approval_response": content.id}
+        if content.type in answers and answers[content.type] not in asked:
+            return True
     return False
 
 
@@ -478,15 +481,18 @@ class ChatStoreContract:
             instance = factory.open()
             victim_session = AgentSession(session_id=victim)
             await save(instance, victim_session, [text("user", "victim", "victim")])
-            stored: dict[str, tuple[AgentSession, str]] = {}
-            for number, session_id in enumerate(hostile):
-                session = AgentSession(session_id=session_id)
+            sessions = [AgentSession(session_id=session_id) for session_id in hostile]
+
+            async def attempt(number: int, session: AgentSession) -> bool:
                 try:
                     await save(instance, session, [text("user", str(number), str(number))])
                 except factory.errors:
-                    continue  # a clear refusal is fine: the id reached nothing
-                stored[session_id] = (session, str(number))
+                    return False  # a clear refusal is fine: the id reached nothing
                 await settled(instance, session)
+                return True
+
+            saved = await asyncio.gather(*(attempt(number, session) for number, session in enumerate(sessions)))
+            stored = {s.session_id: (s, str(n)) for n, (s, ok) in enumerate(zip(sessions, saved, strict=True)) if ok}
             reader = factory.open()
             for session_id, (session, expected) in stored.items():
                 assert [m.text for m in await load(reader, restored(session))] == [expected], (

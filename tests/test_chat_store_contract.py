@@ -9,6 +9,7 @@ place each). `bench/chat_store_matrix.py` turns a run of this module into the RE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -29,10 +30,8 @@ from sample_support import SchedulerBackend, select_model
 from tests.chat_store_contract import (
     ChatStoreContract,
     StoreFactory,
-    dicts,
     hostile_session_ids,
     starts_with_orphan_tool_result,
-    tool_exchange,
 )
 from tests.conftest import REPO_DIR
 
@@ -276,19 +275,23 @@ class ActivityFactory(DurableFactory):
 
 @pytest.fixture(scope="module")
 def durable_worker(scheduler: SchedulerBackend) -> Iterator[None]:
-    """One worker for both Durable Task stores' orchestrations (and the activity), started once for this module."""
+    """One worker, started once for this module, for everything durable here: both Durable Task stores'
+    orchestrations (and the activity) and the orchestrated thread (its orchestrations, entity and agent-turn activity).
+    A module that does not import fails its own tests with the import error; the others still run."""
     worker = scheduler.worker()
     for module, store in (
         ("durable_task_chat_message_store", "DurableTaskChatMessageStore"),
         ("durable_task_activity_chat_message_store", "DurableTaskActivityChatMessageStore"),
     ):
-        try:
+        with contextlib.suppress(ImportError):
             getattr(importlib.import_module(module), store).register(worker)
-        except ImportError:
-            continue  # that store's own tests fail with the import error; the other store still runs
-    worker.start()
-    yield
-    worker.stop()
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(ImportError):
+            roles = importlib.import_module("durable_task_orchestrated_thread_roles")
+            roles.new_worker(worker, stack.enter_context(roles.AgentTurns(select_model().client_kwargs())))
+        worker.start()
+        yield
+        worker.stop()  # before the agent turns' chat client closes: it lets a running turn finish
 
 
 # endregion
@@ -314,80 +317,91 @@ class TestChatStoreContract(ChatStoreContract):
 ORCHESTRATED_NOT_APPLICABLE = {
     "test_round_trip_keeps_every_content_type": "no save API: the thread holds what its own agent produced",
     "test_round_trip_keeps_unicode_and_a_1_mb_message": "no save API: a message over its turn limit is refused",
-    "test_restored_session_continues_a_tool_conversation": "its agent has no tools",
     "test_scopes_keep_users_apart": "no user or application scope: one orchestration per thread id",
     "test_two_source_ids_on_one_storage_are_isolated": "one history per thread, no source_id",
     "test_clear_removes_exactly_its_own_scope": "no clear(): a thread ends when its orchestration is terminated",
     "test_windows_of_one_and_two_messages": "a byte budget, no message window",
-    "test_newer_schema_record_is_a_clear_error_naming_the_session": "its state is versioned by its orchestrator",
+    "test_newer_schema_record_is_a_clear_error_naming_the_session": "no stored records: its state is its own input",
 }
 
 
 class OrchestratedAdapter:
     """The orchestrated thread's public API as the tests below use it, in one place."""
 
-    def __init__(self, sample: Any, client: Any, uid: str) -> None:
-        self.sample, self.client, self.uid = sample, client, uid
-        self.errors = (ValueError, sample.SampleError)
+    def __init__(self, client: Any, uid: str) -> None:
+        self.sample = importlib.import_module("durable_task_orchestrated_thread")
+        self.client, self.uid = client, uid
+        self.errors = (ValueError, self.sample.ThreadError)
 
     def thread(self, name: str, **start: Any) -> Any:
-        thread = self.sample.OrchestratedThread(self.client, f"{self.uid}-{name}" if name else name)
+        """A started thread; its id is `name` after this test's unique prefix ("" stays "")."""
+        thread = self.sample.OrchestratedThread(self.client, f"{self.uid}-{name}" if name else "")
         thread.start(**start)
         return thread
 
-    async def ask(self, thread: Any, words: str) -> str:
-        reply, _ = await thread.ask(words)
-        return reply
+    async def ask(self, thread: Any, words: str, *, approve: bool = True) -> str:
+        """One user turn; a tool call that waits for a person is answered with `approve`. Returns the reply."""
+        turn_id = thread.raise_turn(words)
+        reply = await thread.wait(turn_id)
+        if reply.approvals:
+            for request in reply.approvals:
+                thread.answer(request["id"], approve)
+            reply = await thread.wait(turn_id)
+        return reply.text
 
-    async def session_messages(self, thread: Any, generation: int) -> list[Message]:
-        """The session the orchestration carries into `generation` (written at each continue-as-new)."""
-        for _ in range(500):
-            status = thread.status()
-            if status and status["generation"] >= generation:
-                break
-            await asyncio.sleep(0.01)
-        state = self.client.get_orchestration_state(thread.thread_id).serialized_input
-        session = AgentSession.from_dict(json.loads(state)["session"])
-        return session.state[self.sample.HISTORY]["messages"]
-
-    def trim(self, session: dict[str, Any], budget: int) -> None:
-        self.sample.trim_to_budget(session, budget)
-
-
-@pytest.fixture(scope="module")
-def orchestrated_worker(scheduler: SchedulerBackend) -> Iterator[Any]:
-    sample = importlib.import_module("durable_task_orchestrated_thread")
-    with sample.AgentTurns(select_model()) as turns:
-        worker = sample.new_worker(scheduler, turns)
-        worker.start()
-        yield sample
-        worker.stop()
+    def session_messages(self, thread: Any) -> list[Message]:
+        """The session the orchestration's current generation started with (written at each continue-as-new)."""
+        state = json.loads(self.client.get_orchestration_state(thread.thread_id).serialized_input)
+        return AgentSession.from_dict(state["session"]).state[self.sample.HISTORY]["messages"]
 
 
 @pytest.fixture(params=["OrchestratedThread"])
-def orchestrated(request: pytest.FixtureRequest, scheduler: SchedulerBackend) -> Iterator[OrchestratedAdapter]:
-    sample = request.getfixturevalue("orchestrated_worker")
+def orchestrated(scheduler: SchedulerBackend) -> Iterator[OrchestratedAdapter]:
     client = scheduler.client()
-    yield OrchestratedAdapter(sample, client, uuid.uuid4().hex[:10])
+    yield OrchestratedAdapter(client, uuid.uuid4().hex[:10])
     client.close()
 
 
+@pytest.mark.usefixtures("durable_worker")
 class TestOrchestratedThreadHistory:
-    """The contract's rules that apply to the orchestrated thread, through its own API (turns, not saves)."""
+    """The contract's rules that apply to the orchestrated thread, through its own API (turns, not saves). With
+    `every=1` each event ends a generation, so the orchestration's input holds the session after every turn."""
 
     def test_agent_turns_store_exactly_their_messages(self, orchestrated: OrchestratedAdapter) -> None:
         async def body() -> None:
-            thread = orchestrated.thread("turns", every=3)
-            said = ["My name is Alice.", "I live in Paris.", "What is my name?"]
+            thread = orchestrated.thread("turns", every=1)
+            said = ["My name is Alice.", "Book a flight to Paris.", "What is my name?"]
             replies = [await orchestrated.ask(thread, words) for words in said]
-            stored = await orchestrated.session_messages(thread, generation=1)
-            expected = [
-                pair
-                for words, reply in zip(said, replies, strict=True)
-                for pair in (("user", words), ("assistant", reply))
+            stored = orchestrated.session_messages(thread)
+            assert [m.text for m in stored if m.role == "user" and m.text] == said
+            assert [m.text for m in stored if m.role == "assistant" and m.text] == replies
+            assert [m.role for m in stored] == [
+                "user",
+                "assistant",
+                *["user", "assistant", "user", "tool"],
+                *["assistant", "user", "assistant"],
             ]
-            assert [(m.role, m.text) for m in stored] == expected
+            assert len({m.message_id for m in stored}) == len(stored), "a message was stored twice"
             assert replies[2] == "Your name is Alice."
+
+        asyncio.run(body())
+
+    def test_restored_session_continues_a_tool_conversation(self, orchestrated: OrchestratedAdapter) -> None:
+        """Every turn restores the session from the orchestration's state (to_dict -> JSON -> from_dict) in the
+        activity, and each generation starts from it; approved bookings keep their call ids across both."""
+
+        async def body() -> None:
+            thread = orchestrated.thread("restore", every=1)
+            await orchestrated.ask(thread, "My name is Alice.")
+            assert "Booked a flight to Paris" in await orchestrated.ask(thread, "Book a flight to Paris.")
+            assert "Booked a flight to Rome" in await orchestrated.ask(thread, "Book a flight to Rome.")
+            assert await orchestrated.ask(thread, "What is my name?") == "Your name is Alice."
+            stored = orchestrated.session_messages(thread)
+            calls = [c.call_id for m in stored for c in m.contents if c.type == "function_call"]
+            results = [c.call_id for m in stored for c in m.contents if c.type == "function_result"]
+            assert len(calls) == 2
+            assert calls == results
+            # The strict offline endpoint accepted every request (the autouse `no_model_rejections` fixture checks it).
 
         asyncio.run(body())
 
@@ -404,9 +418,11 @@ class TestOrchestratedThreadHistory:
         async def body() -> None:
             victim = orchestrated.thread("victim")
             await orchestrated.ask(victim, "My name is Victor.")
+            number = 0
             for number, thread_id in enumerate(hostile_session_ids(orchestrated.uid, victim.thread_id)):
                 try:
-                    thread = orchestrated.thread(thread_id.removeprefix(f"{orchestrated.uid}-"))
+                    thread = orchestrated.sample.OrchestratedThread(orchestrated.client, thread_id)
+                    thread.start()
                 except orchestrated.errors:
                     continue  # a clear refusal is fine: the id reached nothing
                 await orchestrated.ask(thread, f"My favorite number is {number}.")
@@ -422,24 +438,20 @@ class TestOrchestratedThreadHistory:
     def test_invalid_window_is_refused_at_construction(self, orchestrated: OrchestratedAdapter) -> None:
         for value in (0, -1, 1e30, True):
             with pytest.raises(orchestrated.errors):
-                orchestrated.thread(f"budget-{value}", session_budget=value)
+                orchestrated.thread(f"budget-{value}".replace("+", ""), session_budget=value)
                 raise AssertionError(f"session_budget={value!r} was accepted")
 
     def test_window_never_starts_with_an_orphan_tool_result(self, orchestrated: OrchestratedAdapter) -> None:
-        session = AgentSession(session_id="trim")
-        written = [Message("user", ["one"], message_id="u1"), *tool_exchange("t"), *tool_exchange("t2")[1:]]
-        session.state[orchestrated.sample.HISTORY] = {"messages": written}
-        full = json.loads(json.dumps(session.to_dict()))
-        for budget in range(len(json.dumps(full)), 0, -150):
-            trimmed = json.loads(json.dumps(full))
-            try:
-                orchestrated.trim(trimmed, budget)
-            except Exception as error:  # a refusal must be clear: one of the thread's own errors
-                assert "budget" in str(error), error
-                continue
-            kept = AgentSession.from_dict(trimmed).state[orchestrated.sample.HISTORY]["messages"]
-            assert dicts(kept) == dicts(written[len(written) - len(kept) :]), f"budget {budget}: not the newest"
-            assert not starts_with_orphan_tool_result(kept), f"budget {budget} starts with {[m.role for m in kept]}"
+        async def body() -> None:
+            thread = orchestrated.thread("orphan", every=1, session_budget=4_500, summarize=False)
+            for words in ("My name is Alice.", "Book a flight to Paris.", "Tell me a joke.", "Book a flight to Rome."):
+                await orchestrated.ask(thread, words)
+                kept = orchestrated.session_messages(thread)
+                assert not starts_with_orphan_tool_result(kept), (
+                    f"after {words!r} the session starts with {[[c.type for c in m.contents] for m in kept[:2]]}"
+                )
+
+        asyncio.run(body())
 
     def test_concurrent_writers_lose_nothing(
         self, orchestrated: OrchestratedAdapter, scheduler: SchedulerBackend
@@ -453,19 +465,22 @@ class TestOrchestratedThreadHistory:
                     asyncio.to_thread(second.raise_turn, "I live in Paris."),
                 )
                 for turn_id in turn_ids:
-                    await thread.wait_for_reply(turn_id)
+                    await thread.wait(turn_id)
                 await orchestrated.ask(thread, "What is my name?")
             finally:
                 second.client.close()
-            stored = await orchestrated.session_messages(thread, generation=1)
+            for _ in range(500):  # the third turn ends the generation: the next one starts with the session
+                if (thread.status() or {}).get("generation") == 1:
+                    break
+                await asyncio.sleep(0.01)
+            stored = orchestrated.session_messages(thread)
             assert [m.role for m in stored] == ["user", "assistant"] * 3
             assert sorted(m.message_id for m in stored[:4:2]) == sorted(turn_ids)
 
         asyncio.run(body())
 
-    @pytest.mark.usefixtures("durable_worker")
     def test_corrupt_record_is_a_clear_error_naming_the_session(self, orchestrated: OrchestratedAdapter) -> None:
-        """A thread id whose orchestration is not a thread (here another sample's history) is refused at start."""
+        """A thread id whose orchestration is not a thread (here the Durable Task store's history) is refused."""
         durable = importlib.import_module("durable_task_chat_message_store")
         store = durable.DurableTaskChatMessageStore(orchestrated.client)
         session_id = f"{orchestrated.uid}-not-a-thread"
