@@ -286,7 +286,7 @@ async def answer_waiting_request(thread: OrchestratedThread, request_id: str, ap
 # endregion
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="A conversation thread orchestrated by the Durable Task Scheduler.")
     roles = "all: scheduler, worker and client in this process (default); worker / client: separate processes"
     parser.add_argument("--role", choices=["all", "worker", "client"], default="all", help=roles)
@@ -299,11 +299,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--session-budget", type=int, metavar="BYTES", help="the session's byte budget")
     parser.add_argument("--no-summaries", action="store_true", help="drop the oldest exchanges instead")
     parser.add_argument("--approval-timeout", type=float, metavar="SECONDS", help="decline unanswered tool calls")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def command_line() -> None:
-    arguments = parse_args()
+def command_line(argv: list[str] | None = None) -> None:
+    """Run the script with these arguments (default: the command line's)."""
+    arguments = parse_args(argv)
     given = {
         "every": arguments.every,
         "session_budget": arguments.session_budget,
