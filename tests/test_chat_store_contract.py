@@ -192,7 +192,7 @@ class SqliteFactory(StoreFactory):
 
 class RedisStoreFactory(RedisFactory):
     name = "RedisChatMessageStore-fakeredis"
-    scope_arguments = ("tenant_id",)
+    scope_arguments = ("tenant_id", "application_id", "agent_id")
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         super().__init__(request)
@@ -437,7 +437,7 @@ class TestOrchestratedThreadHistory:
 
     def test_invalid_window_is_refused_at_construction(self, orchestrated: OrchestratedAdapter) -> None:
         for value in (0, -1, 1e30, True):
-            with pytest.raises(orchestrated.errors):
+            with pytest.raises(ValueError):
                 orchestrated.thread(f"budget-{value}".replace("+", ""), session_budget=value)
                 raise AssertionError(f"session_budget={value!r} was accepted")
 
