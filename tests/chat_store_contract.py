@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, ClassVar
 
 import pytest
@@ -280,15 +281,21 @@ def get_weather(location: Annotated[str, "The city to get the weather for"]) -> 
     return f"The weather in {location} is sunny, 18 degrees Celsius."
 
 
-def new_agent(base_url: str, store: HistoryProvider) -> Agent:
+@asynccontextmanager
+async def new_agent(base_url: str, store: HistoryProvider) -> AsyncIterator[Agent]:
+    """An agent on the offline model with `store` as its history; its chat client is closed on exit (`async with
+    agent` does not close it: measured, the socket to the model stays open)."""
     client = OpenAIChatCompletionClient(model=OFFLINE_MODEL_NAME, api_key="offline", base_url=base_url)
-    return Agent(
-        client=client,
-        name="assistant",
-        instructions="You are a friendly assistant. Answer briefly.",
-        tools=[get_weather],
-        context_providers=[store],
-    )
+    try:
+        yield Agent(
+            client=client,
+            name="assistant",
+            instructions="You are a friendly assistant. Answer briefly.",
+            tools=[get_weather],
+            context_providers=[store],
+        )
+    finally:
+        await client.client.close()
 
 
 async def turn(agent: Agent, session: AgentSession, words: str, *, stream: bool = False) -> list[Message]:
