@@ -77,26 +77,26 @@ async def take_turn(chat_client: Any, work: dict[str, Any]) -> dict[str, Any]:
     providers = [af.CompactionProvider(after_strategy=budget), InMemoryHistoryProvider(skip_excluded=True)]
     agent = Agent(client=chat_client, instructions=INSTRUCTIONS, tools=[book_flight], context_providers=providers)
     if "approvals" in work:  # a person's answers to the tool calls the previous run asked about
-        answers = [Content.from_dict(request).to_function_approval_response(ok) for request, ok in work["approvals"]]
-        message = Message("user", answers)
+        message = Message("user", [Content.from_dict(r).to_function_approval_response(a) for r, a in work["approvals"]])
     else:  # the turn id doubles as the message id, so the history names the turn each message came from
         message = Message("user", [work["message"]], message_id=work["turn_id"])
+    answer = message if "approvals" in work else None  # kept out of the history (see the end)
     try:
         response = await agent.run(message, session=session)
     except ChatClientException as error:
         raise ThreadError(f"the model service failed ({error.__cause__ or error.args[0]})") from None
-    # `stored` is [a new summary] + the earlier messages + this run's; compaction marked the oldest groups excluded.
-    stored, new = session.state[HISTORY]["messages"], 1 + len(response.messages)
-    out = [bool(message.additional_properties.get(af.EXCLUDED_KEY)) for message in stored]
+    stored, new = session.state[HISTORY]["messages"], 1 + len(response.messages)  # [summary,] earlier ones, this run's
+    out = [bool(m.additional_properties.get(af.EXCLUDED_KEY)) and m is not answer for m in stored]  # the oldest groups
     if any(out[-new:]) or af.included_token_count(stored) > limit or len(response.text) > MAX_TURN_CHARS:
         raise InvalidThreadInput(f"the turn needs more than the session budget of {limit:,} bytes (or a 32K reply)")
     summaries = len(stored) - before - new
     session.state[HISTORY]["messages"] = []  # the session goes back without its history: only the change does
-    dropped = [index for index, gone in enumerate(out[summaries:-new]) if gone]  # a call and its late result go
-    change = {"reply": response.text, "session": session.to_dict(), "dropped": dropped}  # together: not a prefix
+    dropped = [index for index, gone in enumerate(out[summaries:-new]) if gone]  # not always a prefix: a call and
+    change = {"reply": response.text, "session": session.to_dict(), "dropped": dropped}  # its late result go together
     change["requests"] = [request.to_dict() for request in response.user_input_requests]
     change["summaries"] = [m.to_dict() for m, gone in zip(stored[:summaries], out, strict=False) if not gone]
-    change["added"] = [message.to_dict() for message in stored[-new:]]
+    # A person's answers are not kept (the turn's outcome has them), so the history keeps a call next to its result.
+    change["added"] = [m.to_dict() for m in stored[-new:] if m is not answer]
     return change
 
 
@@ -283,10 +283,11 @@ async def main(every: int = 3, session_budget: int = 4_500, summarize: bool = Tr
 
 
 def check_step_size(every: int, session_budget: int) -> None:
-    # One step replays its generation: its input (session, recent outcomes) and, per event, the event, the activity's
-    # input (the session) and result (at most a session's worth of change, and the reply).
+    if type(every) is not int or type(session_budget) is not int or min(every, session_budget) < 1:  # not bool, float
+        raise InvalidThreadInput(f"every ({every!r}) and session_budget ({session_budget!r}) must be integers >= 1")
+    # One step replays its generation: the input and, per event, the event and the activity's input and result.
     most = session_budget + RECENT_TURNS * MAX_TURN_CHARS + every * (2 * session_budget + 3 * MAX_TURN_CHARS)
-    if every < 1 or session_budget < 1 or most > SCHEDULER_MESSAGE_LIMIT_BYTES:
+    if most > SCHEDULER_MESSAGE_LIMIT_BYTES:
         raise InvalidThreadInput(
             f"continue-as-new every {every} events with a session budget of {session_budget:,} bytes can put {most:,} "
             f"bytes in one scheduler message, over {SCHEDULER_MESSAGE_LIMIT_BYTES:,}: lower --every or --session-budget"

@@ -261,13 +261,14 @@ async def client_role(arguments: argparse.Namespace, settings: dict[str, Any]) -
         client = backends.scheduler.client()
         try:
             thread = OrchestratedThread(client, arguments.thread)
-            if thread.start(**settings):
+            if started := thread.start(**settings):
                 print(f"Started thread {thread.thread_id}.")
             else:
                 print(f"Continuing thread {thread.thread_id} {describe(thread.status() or {})}.")
             if (request_id := arguments.approve or arguments.decline) is not None:
                 await answer_waiting_request(thread, request_id, approve=arguments.approve is not None)
-            for message in arguments.say or ([] if request_id else ["What is my name?"]):
+            default = ["My name is Alice.", "What is my name?"] if started else ["What is my name?"]
+            for message in arguments.say or ([] if request_id else default):
                 await say(thread, message)
         finally:
             client.close()
@@ -286,6 +287,22 @@ async def answer_waiting_request(thread: OrchestratedThread, request_id: str, ap
 # endregion
 
 
+def at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="A conversation thread orchestrated by the Durable Task Scheduler.")
     roles = "all: scheduler, worker and client in this process (default); worker / client: separate processes"
@@ -295,10 +312,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     answers = parser.add_mutually_exclusive_group()
     answers.add_argument("--approve", metavar="REQUEST_ID", help="--role client: approve a waiting tool call")
     answers.add_argument("--decline", metavar="REQUEST_ID", help="--role client: decline a waiting tool call")
-    parser.add_argument("--every", type=int, help="continue-as-new every N events (threads started here)")
-    parser.add_argument("--session-budget", type=int, metavar="BYTES", help="the session's byte budget")
-    parser.add_argument("--no-summaries", action="store_true", help="drop the oldest exchanges instead")
-    parser.add_argument("--approval-timeout", type=float, metavar="SECONDS", help="decline unanswered tool calls")
+    new = "for threads started here:"
+    parser.add_argument("--every", type=at_least_one, metavar="N", help=f"{new} continue-as-new every N events (3)")
+    budget = f"{new} the session's byte budget (256,000; the demo 4,500)"
+    parser.add_argument("--session-budget", type=at_least_one, metavar="BYTES", help=budget)
+    parser.add_argument("--no-summaries", action="store_true", help=f"{new} drop the oldest exchanges, no summary")
+    timeout = f"{new} decline a tool call nobody answered in this time (300)"
+    parser.add_argument("--approval-timeout", type=seconds, metavar="SECONDS", help=timeout)
     return parser.parse_args(argv)
 
 

@@ -122,9 +122,10 @@ class WorkerProcess:
         while not self.lines.get(timeout=30).startswith(start):
             continue
 
-    def finish(self, signal_number: int = signal.SIGTERM) -> tuple[int, str]:
-        """Send the signal, wait for the process to end; return its exit status and stderr."""
-        self.process.send_signal(signal_number)
+    def finish(self, signal_number: int | None = signal.SIGTERM) -> tuple[int, str]:
+        """Send the signal (None: it was sent already), wait for the process to end; return its status and stderr."""
+        if signal_number is not None:
+            self.process.send_signal(signal_number)
         status = self.process.wait(timeout=30)
         for reader in self.readers:  # the pipes reach their end once the process is gone
             reader.join(timeout=10)
@@ -678,7 +679,7 @@ def test_sigterm_during_a_turn_lets_that_turn_finish(
     worker.process.send_signal(signal.SIGTERM)  # the activity is now waiting on the model
     worker.wait_for_line("Stopping the worker")
     gate.released.set()
-    assert worker.finish() == (0, "")
+    assert worker.finish(None) == (0, "")
     # The stopped worker delivered the activity's result; a new worker lets the orchestrator record it.
     replacement = workers(gate.url)
 
