@@ -68,8 +68,8 @@ async def take_turn(chat_client: Any, work: dict[str, Any]) -> dict[str, Any]:
     """The activity's body: run the agent once on the thread's session and return only what changed."""
     session = AgentSession.from_dict(work["session"]) if work["session"] else AgentSession(session_id=work["thread"])
     before = len(session.state.setdefault(HISTORY, {}).setdefault("messages", []))
-    # After the run, compaction excludes the oldest messages: older groups become one summary (the newer half stays),
-    # or whole groups are dropped when summaries are off or not enough. No summary input cap, so it is a prefix.
+    # After the run, compaction excludes the oldest messages: older groups become one summary (the newer half stays;
+    # no input cap, so every older group goes in), or whole groups are dropped when summaries are off or not enough.
     summary = af.SummarizationStrategy(client=chat_client, target_count=before // 2 + 1, max_summary_input_tokens=None)
     steps, limit = [summary] if work["summarize"] else [], work["budget"]
     budget = af.TokenBudgetComposedStrategy(token_budget=limit, tokenizer=SESSION_JSON_BYTES, strategies=steps)

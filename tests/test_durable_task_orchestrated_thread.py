@@ -57,6 +57,22 @@ def session_messages(thread: sample.OrchestratedThread) -> list[dict[str, Any]]:
     return generation_input(thread)["session"]["state"]["in_memory"]["messages"]
 
 
+def orphans(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool results (or a person's approval answers) whose call is not in the messages before them."""
+    asked: set[str] = set()
+    found = []
+    for content in (content for message in messages for content in message["contents"]):
+        if content["type"] in ("function_call", "function_approval_request"):
+            asked.add(content["call_id"] if content["type"] == "function_call" else content["id"])
+        elif content["type"] in ("function_result", "function_approval_response"):
+            found += (
+                []
+                if (content["call_id"] if content["type"] == "function_result" else content["id"]) in asked
+                else [content]
+            )
+    return found
+
+
 def texts(messages: list[dict[str, Any]]) -> list[str]:
     return [" ".join(str(c.get("text", c.get("result", ""))) for c in m["contents"]).strip() for m in messages]
 
@@ -399,6 +415,7 @@ def test_a_summary_carries_a_fact_across_200_turns_and_without_summaries_it_is_f
     assert len(bookings()) == 2 * 10  # every approved booking ran once, in both threads
     kept = session_messages(summarized)  # a summary also lists the ids it replaced: a little over the budget
     assert 20 <= len(kept) <= 110 and len(json.dumps(kept)) < budget + 5_000
+    assert orphans(kept) == [] and orphans(session_messages(trimmed)) == []
 
 
 # endregion
@@ -480,7 +497,7 @@ class TestOnAnInProcessWorker:
         assert (
             len(json.dumps(stored)) <= budget
         )  # the framework's count with our per-message overhead is an upper bound
-        assert stored[0]["role"] != "tool"  # whole groups: never a tool result without its call
+        assert orphans(stored) == []  # whole groups: never a tool result without its call
 
     @pytest.mark.timeout(60)
     def test_a_declined_tool_call_never_runs_and_the_agent_says_so(
