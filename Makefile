@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# The benchmark's extras: matplotlib for its plot, and the official durable agent in a venv of its own (it pins
+# python-dateutil < 3; the samples' requirements.txt stays as it is).
+BENCH_INSTALLED := $(VENV)/.bench-installed
+PEER_VENV := .venv-bench-peer
+PEER_INSTALLED := $(PEER_VENV)/.installed
 
 SAMPLES := $(wildcard \
 	custom_chat_message_store_thread.py \
@@ -15,23 +20,41 @@ SAMPLES := $(wildcard \
 	durable_task_activity_chat_message_store.py \
 	durable_task_multi_agent_thread.py)
 
-.PHONY: samples test bench bench-scripts
+.PHONY: samples test bench bench-scripts bench-peer
 
 samples: $(INSTALLED)
 	@set -e; for sample in $(SAMPLES); do \
 		echo; echo "===== python $$sample"; $(PY) $$sample; \
 	done
 
+# Two test processes (pytest-xdist); `.venv/bin/python -m pytest` alone runs the same tests in one. gRPC's fork
+# handlers are off: the tests fork child processes (which exec at once) while gRPC threads run in the test process.
 test: $(INSTALLED)
-	$(PY) -m pytest
+	GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m pytest -n 2
 
-# Not part of the two README commands: the per-turn benchmark (~7 min) and the scripts' wall times.
-bench: $(INSTALLED)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+# Not part of the two README commands: every benchmark in one run (~14 min on 2 cores), each writing its table to
+# bench/results/: the per-turn benchmark, our orchestrated thread beside the official durable agent, and the wall
+# times of the samples and of three consecutive `make test` runs.
+bench: $(BENCH_INSTALLED) $(PEER_INSTALLED)
 	$(PY) bench/thread_store_bench.py
+	$(PEER_VENV)/bin/python bench/peer/durable_agent_peer.py
+	$(PY) bench/script_wall_times.py --suite-runs 3 --write
+
+bench-peer: $(PEER_INSTALLED)
+	$(PEER_VENV)/bin/python bench/peer/durable_agent_peer.py
 
 bench-scripts: $(INSTALLED)
-	$(PY) bench/script_wall_times.py
+	$(PY) bench/script_wall_times.py --write
+
+$(BENCH_INSTALLED): $(INSTALLED) bench/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+$(PEER_INSTALLED): requirements.txt bench/peer/requirements.txt
+	@echo "Creating $(PEER_VENV) for the official durable agent (bench/peer/requirements.txt; once)..."
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/peer/requirements.txt
+	touch $@
 
 $(INSTALLED): requirements.txt
 	@echo "Creating $(VENV) and installing requirements.txt (once, ~30 s; redone only when requirements.txt changes)..."
