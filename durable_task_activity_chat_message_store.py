@@ -28,8 +28,8 @@ from durabletask import task
 from durabletask.worker import TaskHubGrpcWorker
 
 from durable_task_chat_message_store import ChatHistory, ChatHistoryError, DurableTaskChatMessageStore, HistoryTimeout
-from sample_support import ModelBackend, SampleError, SchedulerBackend, run_sample
-from sample_support.durable_worker import run_store_sample
+from sample_support import ModelBackend, SchedulerBackend, run_sample
+from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -157,7 +157,8 @@ async def main(role: str = "all", every: int = 4, timeout: float = 30.0) -> dict
 
     async def conversation(scheduler: SchedulerBackend, model: ModelBackend) -> None:
         session_id, control = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("research", "control"))
-        options: dict[str, Any] = {"writes_per_generation": every, "read_timeout": timeout, "on_waiting": waiting}
+        on_waiting = waiting_notice(SCRIPT)
+        options: dict[str, Any] = {"writes_per_generation": every, "read_timeout": timeout, "on_waiting": on_waiting}
         chat_client = OpenAIChatCompletionClient(**model.client_kwargs())
         client, restarted_client = scheduler.client(), scheduler.client()
         store = DurableTaskActivityChatMessageStore(client, **options)
@@ -192,10 +193,8 @@ async def main(role: str = "all", every: int = 4, timeout: float = 30.0) -> dict
             await chat_client.client.close()
         print(f"\nEnded the demo's history orchestrations ({session_id}, {control}).")
 
-    try:
-        await run_store_sample(role, register=DurableTaskActivityChatMessageStore.register, demo=conversation)
-    except HistoryTimeout as error:
-        raise SampleError(f"{error} Start one: python {SCRIPT} --role worker") from None
+    register = DurableTaskActivityChatMessageStore.register
+    await run_store_sample(role, register=register, demo=conversation, script=SCRIPT, timeout_errors=(HistoryTimeout,))
     return seen
 
 
@@ -245,14 +244,6 @@ def print_diagnostics(records: list[ChatRecord], status: dict[str, Any]) -> None
     print("    " + " ".join(f"{name}={status[name]}" for name in ChatHistory.COUNTERS[1:]))
 
 
-def waiting(what: str) -> None:
-    print(f"Waiting for {what} (with --role client, run: python {SCRIPT} --role worker) ...", flush=True)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    roles = "all (default): scheduler, worker and demo here; worker / client: separate processes on DTS_ENDPOINT"
-    parser.add_argument("--role", choices=["all", "worker", "client"], default="all", help=roles)
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a read waits for the worker (30)")
-    arguments = parser.parse_args()
+    arguments = add_role_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
     run_sample(main(arguments.role, timeout=arguments.timeout), errors=(ChatHistoryError,))

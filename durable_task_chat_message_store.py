@@ -27,8 +27,8 @@ from durabletask import task
 from durabletask.client import OrchestrationState, OrchestrationStatus, TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
-from sample_support import ModelBackend, SampleError, SchedulerBackend, run_sample
-from sample_support.durable_worker import run_store_sample
+from sample_support import ModelBackend, SchedulerBackend, run_sample
+from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
 
 SCHEMA_VERSION = 1  # of the orchestration's state: a store refuses a state it does not know
 ENDED = (OrchestrationStatus.COMPLETED, OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
@@ -309,7 +309,8 @@ async def main(role: str = "all", every: int = 4, budget: int = 200_000, timeout
 
     async def conversation(scheduler: SchedulerBackend, model: ModelBackend) -> None:
         alice, control, small_id = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("alice", "control", "small"))
-        options: dict[str, Any] = {"writes_per_generation": every, "read_timeout": timeout, "on_waiting": waiting}
+        on_waiting = waiting_notice(SCRIPT)
+        options: dict[str, Any] = {"writes_per_generation": every, "read_timeout": timeout, "on_waiting": on_waiting}
         chat_client = OpenAIChatCompletionClient(**model.client_kwargs())
         client, restarted_client = scheduler.client(), scheduler.client()
         store = DurableTaskChatMessageStore(client, history_budget_bytes=budget, **options)
@@ -355,10 +356,8 @@ async def main(role: str = "all", every: int = 4, budget: int = 200_000, timeout
             await chat_client.client.close()
         print(f"\nEnded the demo's history orchestrations ({alice}, {control}, {small_id}).")
 
-    try:
-        await run_store_sample(role, register=DurableTaskChatMessageStore.register, demo=conversation)
-    except HistoryTimeout as error:
-        raise SampleError(f"{error} Start one: python {SCRIPT} --role worker") from None
+    register = DurableTaskChatMessageStore.register
+    await run_store_sample(role, register=register, demo=conversation, script=SCRIPT, timeout_errors=(HistoryTimeout,))
     return seen
 
 
@@ -376,14 +375,6 @@ async def say(agent: Agent, store: DurableTaskChatMessageStore, session_id: str,
     return response.text
 
 
-def waiting(what: str) -> None:
-    print(f"Waiting for {what} (with --role client, run: python {SCRIPT} --role worker) ...", flush=True)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    roles = "all (default): scheduler, worker and demo here; worker / client: separate processes on DTS_ENDPOINT"
-    parser.add_argument("--role", choices=["all", "worker", "client"], default="all", help=roles)
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a read waits for the worker (30)")
-    arguments = parser.parse_args()
+    arguments = add_role_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
     run_sample(main(arguments.role, timeout=arguments.timeout), errors=(ChatHistoryError,))

@@ -27,8 +27,8 @@ from agent_framework.openai import OpenAIChatCompletionClient
 
 from durable_task_activity_chat_message_store import ChatRecord, DurableTaskActivityChatMessageStore
 from durable_task_chat_message_store import ChatHistoryError, HistoryTimeout
-from sample_support import ModelBackend, SampleError, SchedulerBackend, run_sample
-from sample_support.durable_worker import run_store_sample
+from sample_support import ModelBackend, SchedulerBackend, run_sample
+from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
 
 RESEARCHER, PLANNER = "Researcher", "Planner"
 
@@ -86,7 +86,7 @@ async def main(role: str = "all", timeout: float = 30.0) -> dict[str, Any]:
     async def conversation(scheduler: SchedulerBackend, model: ModelBackend) -> None:
         thread_id = f"team-{uuid.uuid4().hex[:8]}"
         chat_client, client = OpenAIChatCompletionClient(**model.client_kwargs()), scheduler.client()
-        store = DurableTaskActivityChatMessageStore(client, read_timeout=timeout, on_waiting=waiting)
+        store = DurableTaskActivityChatMessageStore(client, read_timeout=timeout, on_waiting=waiting_notice(SCRIPT))
         team = new_team(chat_client, store)
         try:
             print(f"\n== 1. Two agents, one thread ({store.instance_id(thread_id)}) ==")
@@ -118,10 +118,8 @@ async def main(role: str = "all", timeout: float = 30.0) -> dict[str, Any]:
             await chat_client.client.close()
         print(f"\nEnded the demo's thread orchestration ({thread_id}).")
 
-    try:
-        await run_store_sample(role, register=DurableTaskActivityChatMessageStore.register, demo=conversation)
-    except HistoryTimeout as error:
-        raise SampleError(f"{error} Start one: python {SCRIPT} --role worker") from None
+    register = DurableTaskActivityChatMessageStore.register
+    await run_store_sample(role, register=register, demo=conversation, script=SCRIPT, timeout_errors=(HistoryTimeout,))
     return seen
 
 
@@ -278,14 +276,6 @@ TOOLS: dict[str, list[FunctionTool]] = {RESEARCHER: [get_weather, get_time], PLA
 SCRIPT = "durable_task_multi_agent_thread.py"
 
 
-def waiting(what: str) -> None:
-    print(f"Waiting for {what} (with --role client, run: python {SCRIPT} --role worker) ...", flush=True)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    roles = "all (default): scheduler, worker and demo here; worker / client: separate processes on DTS_ENDPOINT"
-    parser.add_argument("--role", choices=["all", "worker", "client"], default="all", help=roles)
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a read waits for the worker (30)")
-    arguments = parser.parse_args()
+    arguments = add_role_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
     run_sample(main(arguments.role, timeout=arguments.timeout), errors=(ChatHistoryError,))

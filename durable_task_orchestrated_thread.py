@@ -6,7 +6,7 @@ byte budget (`TokenBudgetComposedStrategy` + `SummarizationStrategy`: the oldest
 whole oldest groups go); what leaves goes to a `thread_archive` entity. `book_flight` needs a person's approval: an
 `approval_orchestrator` waits, its durable timer declines. Roles, printing: durable_task_orchestrated_thread_roles.py.
 
-Run it: python durable_task_orchestrated_thread.py [--role all|worker|client] [--help]
+Run it: python durable_task_orchestrated_thread.py [--role all|worker|client] [--timeout SECONDS] [--help]
 """
 
 from __future__ import annotations
@@ -161,9 +161,7 @@ def approval_orchestrator(ctx: task.OrchestrationContext, timeout: float) -> Gen
 
 
 def thread_status(state: dict[str, Any], working_on: str | None = None) -> dict[str, Any]:
-    return {key: value for key, value in state.items() if key not in ("session", "turn_ids")} | {
-        "working_on": working_on
-    }
+    return {k: v for k, v in state.items() if k not in ("session", "turn_ids")} | {"working_on": working_on}
 
 
 class Reply(NamedTuple):
@@ -175,10 +173,10 @@ class Reply(NamedTuple):
 class OrchestratedThread:
     """One orchestrated thread as a client sees it: an orchestration instance whose id is the thread id."""
 
-    def __init__(self, client: TaskHubGrpcClient, thread_id: str) -> None:
+    def __init__(self, client: TaskHubGrpcClient, thread_id: str, reply_timeout: float = 60.0) -> None:
         if not IDENTIFIER.fullmatch(thread_id):
             raise InvalidThreadInput(f"invalid thread id {thread_id[:70]!r}: use 1-64 letters, digits, '.', '_', '-'")
-        self.client, self.thread_id, self.answered = client, thread_id, set[str]()
+        self.client, self.thread_id, self.reply_timeout, self.answered = client, thread_id, reply_timeout, set[str]()
 
     def start(
         self, every: int = 3, session_budget: int = 256_000, summarize: bool = True, approval_timeout: float = 300.0
@@ -226,9 +224,9 @@ class OrchestratedThread:
         self.client.raise_orchestration_event(instance, APPROVAL, data={"approved": approved})
         self.answered.add(request_id)
 
-    async def wait(self, turn_id: str, timeout: float = 60.0) -> Reply:
-        """Poll the custom status until it holds the outcome of `turn_id`, or tool calls of it waiting for a person."""
-        start = asyncio.get_running_loop().time()
+    async def wait(self, turn_id: str, timeout: float | None = None) -> Reply:
+        """Poll the custom status for the outcome of `turn_id`, or its tool calls waiting for a person (`timeout` s)."""
+        start, timeout = asyncio.get_running_loop().time(), timeout or self.reply_timeout
         while True:
             state = await asyncio.to_thread(self._state)
             status = (state.get_custom_status() if state else None) or {}
@@ -252,11 +250,13 @@ class OrchestratedThread:
         return await self.wait(self.raise_turn(message, turn_id))
 
 
-async def main(every: int = 3, session_budget: int = 4_500, summarize: bool = True) -> dict[str, Any]:
+async def main(
+    every: int = 3, session_budget: int = 4_500, summarize: bool = True, timeout: float = 60.0
+) -> dict[str, Any]:
     """`--role all`: a scheduler (embedded unless configured), a worker and a client here; returns what tests check."""
     from durable_task_orchestrated_thread_roles import Demo, say  # that module imports this one
 
-    async with Demo(every, session_budget, summarize) as demo:  # checks the settings, then starts a worker
+    async with Demo(every, session_budget, summarize, timeout) as demo:  # checks the settings, starts a worker
         thread, control = demo.thread("thread"), demo.thread("control")
         print(f"\n=== 1. Thread {thread.thread_id}: continue-as-new every {every} events, {session_budget:,} B budget")
         facts = ["My name is Alice.", "I live in Paris.", "My favorite color is blue.", "Tell me a joke."]

@@ -3,7 +3,8 @@
 - `AgentTurns` hosts the `run_agent_turn` activity: one chat client and one event loop for all turns of a worker;
   `thread_archive` is the entity that keeps what compaction moved out of a thread; `new_worker` registers them and
   the two orchestrators. These three use only the standard library and the framework's packages, like the lesson.
-- `command_line()`: `--role all` (the demo, `main()`), `--role worker`, `--role client`, and their arguments.
+- `command_line()`: `--role all` (the demo, `main()`), `--role worker`, `--role client` (the four durable samples'
+  role plumbing, in sample_support.durable_worker), and this script's own arguments.
 - `Demo` runs the demo's worker and client in one process; `say` prints `User:` / `Approval:` / `Agent:` lines.
 """
 
@@ -35,15 +36,19 @@ from durable_task_orchestrated_thread import (
     thread_orchestrator,
 )
 from sample_support import open_backends, run_sample
-from sample_support.durable_worker import require_shared_scheduler, serve_until_stopped
+from sample_support.durable_worker import (
+    add_role_arguments,
+    positive_int,
+    positive_seconds,
+    require_shared_scheduler,
+    serve_until_stopped,
+    waiting_notice,
+)
 
 ARCHIVE_BUDGET_BYTES = 1_000_000  # the archive entity forgets a thread's oldest messages past this
-WORKER_COMMAND = "python durable_task_orchestrated_thread.py --role worker"
+SCRIPT = "durable_task_orchestrated_thread.py"
+NEW_THREAD_SETTINGS = ("every", "session_budget", "summarize", "approval_timeout")  # OrchestratedThread.start's
 MODEL_SETTINGS = "OPENAI_API_KEY / OPENAI_MODEL / OPENAI_BASE_URL or AZURE_OPENAI_ENDPOINT / AZURE_OPENAI_MODEL"
-WAITING_NOTICE_SECONDS = 2.0  # a client says once that it is waiting for a worker after this long
-
-
-# region What a worker hosts
 
 
 class AgentTurns:
@@ -109,11 +114,6 @@ def read_archive(client: Any, thread_id: str) -> dict[str, Any]:
     return (entity and entity.get_typed_state(dict)) or {"messages": [], "bytes": 0, "forgotten": 0}
 
 
-# endregion
-
-# region Printing
-
-
 def describe(status: dict[str, Any]) -> str:
     counters = ("turns", "messages", "summaries", "archived", "generation", "ignored")
     return "[thread: " + " ".join(f"{name}={status[name]}" for name in counters) + "]"
@@ -152,9 +152,9 @@ async def wait_saying_so(thread: OrchestratedThread, turn_id: str) -> Any:
     when the turn failed because of the model."""
     waiting = asyncio.ensure_future(thread.wait(turn_id))
     try:
-        done, _ = await asyncio.wait({waiting}, timeout=WAITING_NOTICE_SECONDS)
+        done, _ = await asyncio.wait({waiting}, timeout=2.0)
         if not done and ((await asyncio.to_thread(thread.status)) or {}).get("working_on") != turn_id:
-            print(f"Waiting for a worker to take {turn_id} (start one: {WORKER_COMMAND}) ...", flush=True)
+            waiting_notice(SCRIPT)(f"a worker to take {turn_id}")
         return await waiting
     except ThreadError as error:
         if "the model service failed" in str(error):
@@ -162,18 +162,14 @@ async def wait_saying_so(thread: OrchestratedThread, turn_id: str) -> Any:
         raise
 
 
-# endregion
-
-# region The demo's worker and client, and the two roles
-
-
 class Demo:
     """`--role all`: the scheduler `open_backends` chose, a worker and a client in this process. Threads it started
     are ended on exit: a real thread lives on, but a shared task hub is left tidy."""
 
-    def __init__(self, every: int, session_budget: int, summarize: bool) -> None:
+    def __init__(self, every: int, session_budget: int, summarize: bool, timeout: float) -> None:
         check_step_size(every, session_budget)  # before anything starts
         self.settings = {"every": every, "session_budget": session_budget, "summarize": summarize}
+        self.timeout = timeout
         self.run, self.threads = uuid.uuid4().hex[:8], list[OrchestratedThread]()
         self.stack = contextlib.AsyncExitStack()
 
@@ -193,17 +189,15 @@ class Demo:
         print(f"\nEnded the demo threads {', '.join(thread.thread_id for thread in self.threads)}.")
 
     async def _end_threads(self) -> None:
-        for thread in self.threads:
+        for thread in self.threads:  # with their approval orchestrations: the in-memory backend has no recursive
             pending = (thread.status() or {}).get("pending") or {"requests": []}
-            for instance in [
-                thread.thread_id,
-                *(f"{thread.thread_id}:approval:{r['id']}" for r in pending["requests"]),
-            ]:
-                self.client.terminate_orchestration(instance, recursive=False)  # the in-memory backend has no recursive
-        await self.stop_worker()  # lets a running turn finish, before the chat client closes
+            approvals = [f"{thread.thread_id}:approval:{request['id']}" for request in pending["requests"]]
+            for instance in [thread.thread_id, *approvals]:
+                self.client.terminate_orchestration(instance, recursive=False)
+        await asyncio.to_thread(self.worker.stop)  # lets a running turn finish, before the chat client closes
 
     def thread(self, name: str) -> OrchestratedThread:
-        thread = OrchestratedThread(self.client, f"{name}-{self.run}")
+        thread = OrchestratedThread(self.client, f"{name}-{self.run}", self.timeout)
         thread.start(**self.settings)
         self.threads.append(thread)
         return thread
@@ -212,12 +206,9 @@ class Demo:
         self.worker = new_worker(self.scheduler.worker(), self.turns)
         self.worker.start()
 
-    async def stop_worker(self) -> None:
-        await asyncio.to_thread(self.worker.stop)
-
     async def replace_worker(self, raise_turn: Callable[[], str]) -> str:
         """Stop the worker, raise a turn while none runs, start a new worker; return the turn's id."""
-        await self.stop_worker()
+        await asyncio.to_thread(self.worker.stop)
         turn_id = raise_turn()
         print(f"Worker stopped. Raised {turn_id} while no worker runs: it waits in the scheduler. A new worker starts.")
         self.start_worker()
@@ -251,22 +242,25 @@ async def worker_role() -> None:
 async def client_role(arguments: argparse.Namespace, settings: dict[str, Any]) -> None:
     """`--role client`: start or continue one thread on DTS_ENDPOINT's scheduler, where a worker runs."""
     require_shared_scheduler("client")
-    for message in arguments.say:  # refused before the thread is created
-        if len(message) > MAX_TURN_CHARS:
-            raise InvalidThreadInput(
-                f"the message has {len(message):,} characters, over the limit of {MAX_TURN_CHARS:,}"
-            )
+    if too_long := [len(message) for message in arguments.say if len(message) > MAX_TURN_CHARS]:  # before anything
+        raise InvalidThreadInput(f"the message has {too_long[0]:,} characters, over the limit of {MAX_TURN_CHARS:,}")
     async with open_backends(model=False, scheduler=True) as backends:
         assert backends.scheduler is not None
         client = backends.scheduler.client()
         try:
-            thread = OrchestratedThread(client, arguments.thread)
+            thread = OrchestratedThread(client, arguments.thread, arguments.timeout)
             if started := thread.start(**settings):
                 print(f"Started thread {thread.thread_id}.")
             else:
                 print(f"Continuing thread {thread.thread_id} {describe(thread.status() or {})}.")
-            if (request_id := arguments.approve or arguments.decline) is not None:
-                await answer_waiting_request(thread, request_id, approve=arguments.approve is not None)
+            if (request_id := arguments.approve or arguments.decline) is not None:  # a tool call waiting for a person
+                pending = (thread.status() or {}).get("pending") or {"requests": []}
+                if request_id not in [request["id"] for request in pending["requests"]]:
+                    raise ThreadError(f"thread {thread.thread_id!r} has no tool call waiting as {request_id!r}")
+                thread.answer(request_id, approved := arguments.approve is not None)
+                print(f"Approval: {'approved' if approved else 'declined'} {request_id}")
+                reply = await wait_saying_so(thread, pending["turn_id"])
+                print(f"Agent: {reply.text}\n    {describe(reply.status)}")
             default = ["My name is Alice.", "What is my name?"] if started else ["What is my name?"]
             for message in arguments.say or ([] if request_id else default):
                 await say(thread, message)
@@ -274,68 +268,32 @@ async def client_role(arguments: argparse.Namespace, settings: dict[str, Any]) -
             client.close()
 
 
-async def answer_waiting_request(thread: OrchestratedThread, request_id: str, approve: bool) -> None:
-    pending = (thread.status() or {}).get("pending") or {}
-    if request_id not in [request["id"] for request in pending.get("requests", [])]:
-        raise ThreadError(f"thread {thread.thread_id!r} has no tool call waiting for request {request_id!r}")
-    thread.answer(request_id, approve)
-    print(f"Approval: {'approved' if approve else 'declined'} {request_id}")
-    reply = await wait_saying_so(thread, pending["turn_id"])
-    print(f"Agent: {reply.text}\n    {describe(reply.status)}")
-
-
-# endregion
-
-
-def at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < 1e9:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def command_line(argv: list[str] | None = None) -> None:
+    """Run the script with these arguments (default: the command line's)."""
     parser = argparse.ArgumentParser(description="A conversation thread orchestrated by the Durable Task Scheduler.")
-    roles = "all: scheduler, worker and client in this process (default); worker / client: separate processes"
-    parser.add_argument("--role", choices=["all", "worker", "client"], default="all", help=roles)
+    add_role_arguments(parser, timeout=60.0, timeout_help="seconds a client waits for each reply")
     parser.add_argument("--thread", default="orchestrated-thread", help="--role client: the thread id")
     parser.add_argument("--say", action="append", default=[], metavar="TEXT", help="--role client: a user turn")
     answers = parser.add_mutually_exclusive_group()
     answers.add_argument("--approve", metavar="REQUEST_ID", help="--role client: approve a waiting tool call")
     answers.add_argument("--decline", metavar="REQUEST_ID", help="--role client: decline a waiting tool call")
-    new = "for threads started here:"
-    parser.add_argument("--every", type=at_least_one, metavar="N", help=f"{new} continue-as-new every N events (3)")
+    # Settings of a new thread: absent from the result unless given (the demo and the thread have their own defaults).
+    new, unset = "for threads started here:", argparse.SUPPRESS
+    every = f"{new} continue-as-new every N events (3)"
+    parser.add_argument("--every", type=positive_int, default=unset, metavar="N", help=every)
     budget = f"{new} the session's byte budget (256,000; the demo 4,500)"
-    parser.add_argument("--session-budget", type=at_least_one, metavar="BYTES", help=budget)
-    parser.add_argument("--no-summaries", action="store_true", help=f"{new} drop the oldest exchanges, no summary")
+    parser.add_argument("--session-budget", type=positive_int, default=unset, metavar="BYTES", help=budget)
+    summaries = f"{new} drop the oldest exchanges, no summary"
+    parser.add_argument("--no-summaries", dest="summarize", action="store_false", default=unset, help=summaries)
     timeout = f"{new} decline a tool call nobody answered in this time (300)"
-    parser.add_argument("--approval-timeout", type=seconds, metavar="SECONDS", help=timeout)
-    return parser.parse_args(argv)
-
-
-def command_line(argv: list[str] | None = None) -> None:
-    """Run the script with these arguments (default: the command line's)."""
-    arguments = parse_args(argv)
-    given = {
-        "every": arguments.every,
-        "session_budget": arguments.session_budget,
-        "summarize": False if arguments.no_summaries else None,
-        "approval_timeout": arguments.approval_timeout,
-    }
-    settings = {name: value for name, value in given.items() if value is not None}
+    parser.add_argument("--approval-timeout", type=positive_seconds, default=unset, metavar="SECONDS", help=timeout)
+    arguments = parser.parse_args(argv)
+    settings = {name: value for name, value in vars(arguments).items() if name in NEW_THREAD_SETTINGS}
     if arguments.role == "worker":
-        run_sample(worker_role(), errors=(ThreadError, InvalidThreadInput))
+        role = worker_role()
     elif arguments.role == "client":
-        run_sample(client_role(arguments, settings), errors=(ThreadError, InvalidThreadInput))
+        role = client_role(arguments, settings)
     else:
         settings.pop("approval_timeout", None)
-        run_sample(main(**settings), errors=(ThreadError, InvalidThreadInput))
+        role = main(**settings, timeout=arguments.timeout)
+    run_sample(role, errors=(ThreadError, InvalidThreadInput))

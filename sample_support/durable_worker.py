@@ -1,24 +1,24 @@
-"""Plumbing for the Durable Task samples: run a worker until it is told to stop, wait on custom status.
+"""The role plumbing of the four Durable Task samples: one command line, one worker loop, one waiting notice.
 
+- `add_role_arguments(parser)` adds `--role all|worker|client` and `--timeout SECONDS` to a script's parser.
 - `require_shared_scheduler(role)` stops a `--role worker` / `--role client` process that has no
   DTS_ENDPOINT to share with the other role.
-- `run_store_sample(role, register=..., demo=...)` runs a store sample as `--role all`, `worker` or `client`.
 - `serve_until_stopped(worker)` starts a worker, says it is ready once the scheduler answered a round trip, and
   keeps it running until SIGTERM or SIGINT (Ctrl+C), then stops it cleanly: `worker.stop()` lets a running
-  activity finish and delivers its result, so stopping a worker between deployments loses no work.
-- `wait_for_custom_status(client, instance_id, done)` polls an orchestration's custom status until
-  `done(status)` holds, with a timeout that ends in a one-line `SampleError` instead of a hang.
+  activity finish and delivers its result, so stopping a worker between deployments loses no work. A second
+  signal while it stops is harmless (it says so); only SIGKILL cuts the running work item short.
+- `waiting_notice(script)` is the line a client prints once when it has waited a moment for a worker.
+- `run_store_sample(role, register=..., demo=..., script=...)` runs a store sample as `--role all`, `worker` or
+  `client`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
 from . import open_backends
@@ -26,11 +26,49 @@ from .config import SampleError, setting
 from .model import ModelBackend
 from .scheduler import SchedulerBackend, SchedulerWorker
 
-ENDED = (OrchestrationStatus.COMPLETED, OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
+ROLES = ("all", "worker", "client")
+ROLES_HELP = "all (default): scheduler, worker and client in one process; worker / client: processes on DTS_ENDPOINT"
 
 
-class StatusTimeout(SampleError):
-    """The custom status did not reach the awaited state in time (the orchestration may still get there)."""
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def add_role_arguments(
+    parser: argparse.ArgumentParser, *, timeout: float = 30.0, timeout_help: str = "seconds a read waits for the worker"
+) -> argparse.ArgumentParser:
+    """Add `--role` and `--timeout` (the client's wait for a worker, default `timeout`) to `parser`; return it."""
+    parser.add_argument("--role", choices=ROLES, default="all", help=ROLES_HELP)
+    timeout_help = f"{timeout_help} ({timeout:g})"
+    parser.add_argument("--timeout", type=positive_seconds, default=timeout, metavar="SECONDS", help=timeout_help)
+    return parser
+
+
+def worker_command(script: str) -> str:
+    return f"python {script} --role worker"
+
+
+def waiting_notice(script: str) -> Callable[[str], None]:
+    """`notice(what)` prints, e.g., `Waiting for a worker to take turn-1 (start one: python x.py --role worker) ...`."""
+
+    def notice(what: str) -> None:
+        print(f"Waiting for {what} (start one: {worker_command(script)}) ...", flush=True)
+
+    return notice
 
 
 def require_shared_scheduler(role: str) -> None:
@@ -46,24 +84,36 @@ async def serve_until_stopped(
     worker: TaskHubGrpcWorker, *, ready_message: str = "Worker ready; Ctrl+C (or SIGTERM) stops it cleanly."
 ) -> None:
     """Start `worker`, print `ready_message` once the scheduler has answered, and run until SIGTERM or SIGINT; then
-    stop the worker cleanly. An unreachable scheduler is one `SampleError` line instead of a worker retrying forever."""
+    stop the worker cleanly. An unreachable scheduler is one `SampleError` line instead of a worker retrying forever.
+
+    The signal handlers stay in place until `worker.stop()` has returned: a second Ctrl+C or SIGTERM (a supervisor
+    repeating itself) during the stop would otherwise end the process while a finished activity is being delivered.
+    """
     if isinstance(worker, SchedulerWorker):
         await asyncio.to_thread(worker.scheduler.check)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop_requested.is_set():
+            print("Already stopping: running work items finish first (SIGKILL would lose them).", flush=True)
+        stop_requested.set()
+
     signals = (signal.SIGTERM, signal.SIGINT)
     for signal_number in signals:
-        loop.add_signal_handler(signal_number, stop_requested.set)
-    worker.start()
+        loop.add_signal_handler(signal_number, on_signal)
     try:
-        print(ready_message, flush=True)
-        await stop_requested.wait()
-        print("Stopping the worker: work items already running finish first.", flush=True)
+        worker.start()
+        try:
+            print(ready_message, flush=True)
+            await stop_requested.wait()
+            print("Stopping the worker: work items already running finish first.", flush=True)
+        finally:
+            await asyncio.to_thread(worker.stop)
+            print("Worker stopped.", flush=True)
     finally:
         for signal_number in signals:
             loop.remove_signal_handler(signal_number)
-        await asyncio.to_thread(worker.stop)
-        print("Worker stopped.", flush=True)
 
 
 async def run_store_sample(
@@ -71,57 +121,34 @@ async def run_store_sample(
     *,
     register: Callable[[TaskHubGrpcWorker], None],
     demo: Callable[[SchedulerBackend, ModelBackend], Awaitable[None]],
+    script: str,
+    timeout_errors: tuple[type[Exception], ...] = (),
 ) -> None:
     """Run a sample whose worker hosts only a chat message store's orchestration (the agents run in the demo).
 
     `--role all`: a worker and the demo in this process; `--role worker`: only the worker, until stopped;
-    `--role client`: only the demo, against the worker of another process. The worker never calls the model.
+    `--role client`: only the demo, against the worker of another process (an error of a type in `timeout_errors`
+    then says how to start one). The worker never calls the model.
     """
     if role != "all":
         require_shared_scheduler(role)
-    async with open_backends(model=role != "worker", scheduler=True) as backends:
-        assert backends.scheduler is not None
-        if role == "client":
-            await demo(backends.scheduler, backends.model)
-            return
-        worker = backends.scheduler.worker()
-        register(worker)
-        if role == "worker":
-            await serve_until_stopped(worker)
-            return
-        worker.start()
-        try:
-            await demo(backends.scheduler, backends.model)
-        finally:
-            await asyncio.to_thread(worker.stop)
-
-
-async def wait_for_custom_status(
-    client: TaskHubGrpcClient,
-    instance_id: str,
-    done: Callable[[Any], bool],
-    *,
-    timeout: float,
-    hint: str = "",
-    poll_interval: float = 0.05,
-) -> Any:
-    """Poll the custom status of `instance_id` until `done(status)` is true, and return that status.
-
-    `done` also sees `None`: the status reads `None` until the orchestration first sets it, and again for a
-    moment after each continue-as-new. Raises `StatusTimeout` after `timeout` seconds (with `hint` appended)
-    and `SampleError` at once if the orchestration has ended or does not exist.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await asyncio.to_thread(client.get_orchestration_state, instance_id)
-        if state is None:
-            raise SampleError(f"there is no orchestration {instance_id!r}")
-        status = state.get_custom_status()
-        if done(status):
-            return status
-        if state.runtime_status in ENDED:
-            failure = f": {state.failure_details.message}" if state.failure_details else ""
-            raise SampleError(f"orchestration {instance_id!r} has ended ({state.runtime_status}){failure}")
-        if time.monotonic() >= deadline:
-            raise StatusTimeout(f"orchestration {instance_id!r} did not report in {timeout:g} s{hint}")
-        await asyncio.sleep(poll_interval)
+    try:
+        async with open_backends(model=role != "worker", scheduler=True) as backends:
+            assert backends.scheduler is not None
+            if role == "client":
+                await demo(backends.scheduler, backends.model)
+                return
+            worker = backends.scheduler.worker()
+            register(worker)
+            if role == "worker":
+                await serve_until_stopped(worker)
+                return
+            worker.start()
+            try:
+                await demo(backends.scheduler, backends.model)
+            finally:
+                await asyncio.to_thread(worker.stop)
+    except timeout_errors as error:
+        if role != "client":
+            raise
+        raise SampleError(f"{error} Start one: {worker_command(script)}") from None

@@ -3,6 +3,7 @@ incremental append, ids and foreign or corrupt histories, two writers at once, t
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -24,6 +25,7 @@ from durable_task_chat_message_store import (
     chat_history_orchestrator,
 )
 from sample_support import SchedulerBackend, select_model
+from sample_support.durable_worker import add_role_arguments
 from sample_support.offline_model import OfflineModelServer
 from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
 from tests.standalone import run_standalone
@@ -551,6 +553,7 @@ def test_worker_role_without_a_configured_scheduler_is_a_one_line_error(run_scri
 def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
     helped = run_script(SCRIPT, "--help", timeout=30)
     assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
+    assert "--timeout SECONDS" in helped.stdout and "seconds a read waits for the worker (30)" in helped.stdout
     refused = run_script(SCRIPT, "--colour", timeout=30)
     assert refused.returncode == 2 and "unrecognized arguments: --colour" in refused.stderr
 
@@ -587,6 +590,19 @@ def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: Scr
     assert "Agent: Your name is Alice." in out and "Agent: Your favorite drink is tea." in out
     assert "Refused: session 'alice-" in out
     assert "Ended the demo's history orchestrations" in out
+
+
+def test_the_role_arguments_of_the_durable_samples_refuse_a_timeout_that_is_not_a_positive_number(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = add_role_arguments(argparse.ArgumentParser(prog=SCRIPT))
+    assert vars(parser.parse_args([])) == {"role": "all", "timeout": 30.0}
+    assert vars(parser.parse_args(["--role", "client", "--timeout", "2.5"])) == {"role": "client", "timeout": 2.5}
+    for bad in ("0", "-1", "nan", "inf", "1e30", "soon"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["--timeout", bad])
+        assert exit_info.value.code == 2
+        assert f"argument --timeout: {bad!r} is not a positive number of seconds" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(120)

@@ -236,5 +236,6 @@ def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: Scr
 def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
     helped = run_script(SCRIPT, "--help", timeout=30)
     assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
+    assert "--timeout SECONDS" in helped.stdout
     refused = run_script(SCRIPT, "--agents", "3", timeout=30)
     assert refused.returncode == 2 and "unrecognized arguments" in refused.stderr

@@ -256,6 +256,7 @@ def test_script_runs_as_a_user_would_without_leaking(run_script: ScriptRunner) -
 def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
     helped = run_script(SCRIPT, "--help", timeout=30)
     assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout
+    assert "--timeout SECONDS" in helped.stdout and "seconds a client waits for each reply (60)" in helped.stdout
     assert "Backends:" not in helped.stdout
     refused = run_script(SCRIPT, "--bogus", timeout=30)
     assert refused.returncode == 2 and "unrecognized arguments: --bogus" in refused.stderr
@@ -686,7 +687,7 @@ def test_worker_process_killed_between_turns_is_replaced(
 
 
 @pytest.mark.timeout(90)
-def test_sigterm_during_a_turn_lets_that_turn_finish(
+def test_sigterm_during_a_turn_lets_that_turn_finish_and_a_second_signal_does_not_cut_it_short(
     client: TaskHubGrpcClient, gate: ModelGate, workers: Callable[..., WorkerProcess]
 ) -> None:
     thread = new_thread(client)
@@ -695,6 +696,10 @@ def test_sigterm_during_a_turn_lets_that_turn_finish(
     assert gate.arrived.wait(timeout=30), "the activity never called the model"
     worker.process.send_signal(signal.SIGTERM)  # the activity is now waiting on the model
     worker.wait_for_line("Stopping the worker")
+    for repeated in (signal.SIGTERM, signal.SIGINT):  # an impatient supervisor, a second Ctrl+C: the stop goes on
+        worker.process.send_signal(repeated)
+        worker.wait_for_line("Already stopping: running work items finish first")
+    assert worker.process.poll() is None
     gate.released.set()
     assert worker.finish(None) == (0, "")
     # The stopped worker delivered the activity's result; a new worker lets the orchestrator record it.
@@ -847,6 +852,20 @@ def test_a_failing_model_is_one_line_naming_the_settings_and_the_worker_logs_it(
     assert line.count("OPENAI_API_KEY") == 1 and line.count("Connection error.") == 1
     status, errors = worker.finish()
     assert status == 0 and f"thread {thread_id}: the model service failed (Connection error.)" in errors
+
+
+@pytest.mark.timeout(30)
+def test_the_client_role_waits_for_a_reply_at_most_its_timeout(
+    capsys: pytest.CaptureFixture[str], scheduler_endpoint: str, client: TaskHubGrpcClient
+) -> None:
+    thread_id = f"timeout-{uuid.uuid4().hex[:8]}"  # no worker hosts threads during this test
+    try:
+        status, out, err = command_line(capsys, "--role", "client", "--thread", thread_id, "--timeout", "0.5")
+    finally:
+        client.terminate_orchestration(thread_id, recursive=False)
+    assert status == 1 and f"Started thread {thread_id}." in out
+    assert err.startswith("error: no reply to turn-") and err.count("\n") == 1
+    assert "within 0.5 s: no worker has taken it yet" in err
 
 
 @pytest.mark.timeout(90)
