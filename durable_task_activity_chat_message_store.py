@@ -27,7 +27,8 @@ from agent_framework.openai import OpenAIChatCompletionClient
 from durabletask import task
 from durabletask.worker import TaskHubGrpcWorker
 
-from durable_task_chat_message_store import ChatHistory, ChatHistoryError, DurableTaskChatMessageStore, HistoryTimeout
+from durable_chat_history import ChatHistory, ChatHistoryError, HistoryTimeout
+from durable_task_chat_message_store import DurableTaskChatMessageStore
 from sample_support import ModelBackend, SchedulerBackend, run_sample
 from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
 

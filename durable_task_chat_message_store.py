@@ -3,8 +3,8 @@
 `save_messages` raises an event; `chat_history_orchestrator` appends the messages (a write or message id it holds
 already is skipped: delivery is at least once), drops whole oldest exchanges past a byte budget, publishes the
 history as its custom status and continues-as-new every few writes; `get_messages` reads that status back once
-this store's own writes are in it. The public API the other durable samples import: the exception types,
-`ChatHistory` (the orchestration's state and its steps), `chat_history_orchestrator`, `DurableTaskChatMessageStore`.
+this store's own writes are in it. The orchestration's state and the errors live in durable_chat_history.py, shared
+with the activity store; the other durable samples import `DurableTaskChatMessageStore` from here.
 
 Run it: python durable_task_chat_message_store.py [--role all|worker|client] [--timeout SECONDS]
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
@@ -27,27 +26,18 @@ from durabletask import task
 from durabletask.client import OrchestrationState, OrchestrationStatus, TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
+from durable_chat_history import (
+    SCHEMA_VERSION,
+    ChatHistory,
+    ChatHistoryError,
+    HistoryTimeout,
+    HistoryTooLarge,
+    InvalidArgument,
+)
 from sample_support import ModelBackend, SchedulerBackend, run_sample
 from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
 
-SCHEMA_VERSION = 1  # of the orchestration's state: a store refuses a state it does not know
 ENDED = (OrchestrationStatus.COMPLETED, OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
-
-
-class ChatHistoryError(RuntimeError):
-    """A Durable Task chat history cannot be used as asked; the message names the session."""
-
-
-class InvalidArgument(ChatHistoryError, ValueError):
-    """A session id or a setting the store cannot use."""
-
-
-class HistoryTooLarge(ChatHistoryError, ValueError):
-    """A write over the history's byte budget; nothing of it was stored."""
-
-
-class HistoryTimeout(ChatHistoryError, TimeoutError):
-    """This store's writes did not show up in time: no worker with the orchestrator is running."""
 
 
 def chat_history_orchestrator(ctx: task.OrchestrationContext, state: dict[str, Any]) -> Generator[task.Task, Any, None]:
@@ -61,91 +51,6 @@ def chat_history_orchestrator(ctx: task.OrchestrationContext, state: dict[str, A
         history.publish(ctx)
     state["generation"] += 1
     ctx.continue_as_new(state, save_events=True)  # save_events: appends raised during the restart are kept
-
-
-class ChatHistory:
-    """The orchestration's state (a JSON dict carried across continue-as-new) and the steps applied to it.
-
-    Rows are parallel lists, `messages` first (the activity store adds `metadata`). `bytes` is the kept rows'
-    running size: an append sizes only its new rows, a trim only the rows it drops.
-    """
-
-    APPEND_EVENT: ClassVar[str] = "append_messages"
-    COUNTERS: ClassVar[tuple[str, ...]] = ("writes", "trimmed", "generation", "duplicate_writes", "duplicate_messages")
-    REMEMBERED_WRITES: ClassVar[int] = 200  # a retry of one of the last 200 writes is recognised by its write id
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        self.state = state
-
-    @classmethod
-    def new(cls, every: int, budget_bytes: int) -> dict[str, Any]:
-        state = {"schema": SCHEMA_VERSION, "every": every, "budget_bytes": budget_bytes, "messages": [], "bytes": 0}
-        return {**state, **dict.fromkeys(cls.COUNTERS, 0), "write_ids": [], "rejected": []}
-
-    @staticmethod
-    def size(value: Any) -> int:
-        return len(json.dumps(value).encode())
-
-    @staticmethod
-    def is_record(message: Any) -> bool:
-        """A message as `save_messages` sends it: `Message.to_dict()` with a message id."""
-        kinds = {"role": str, "message_id": str, "contents": list}
-        return isinstance(message, dict) and all(isinstance(message.get(key), kind) for key, kind in kinds.items())
-
-    def publish(self, ctx: task.OrchestrationContext) -> None:
-        if not ctx.is_replaying:  # a replay re-runs this code: serialise the whole history for new events only
-            ctx.set_custom_status(self.state)
-
-    def new_messages(self, write: Any) -> list[dict[str, Any]] | None:
-        """The messages of `write` not held yet; None if its write id was applied already or it is malformed."""
-        write_id, messages = (write.get("write_id"), write.get("messages")) if isinstance(write, dict) else (0, 0)
-        if not (isinstance(write_id, str) and isinstance(messages, list) and all(map(self.is_record, messages))):
-            if isinstance(write_id, str):  # a reader waiting for this write gets the reason
-                self.reject(write_id, "the append event holds no message records")
-            return None
-        if write_id in self.state["write_ids"]:
-            self.state["duplicate_writes"] += 1
-            return None
-        held = {message["message_id"] for message in self.state["messages"]}
-        fresh = [message for message in messages if message["message_id"] not in held]
-        self.state["duplicate_messages"] += len(messages) - len(fresh)
-        return fresh
-
-    def reject(self, write_id: str, reason: str, *, too_large: bool = False) -> None:
-        """Record a write that was not stored, so a reader waiting for it gets the reason instead of a timeout."""
-        entry = {"write_id": write_id, "reason": reason, "too_large": too_large}
-        self.state["rejected"] = [*self.state["rejected"], entry][-self.REMEMBERED_WRITES :]
-        self.state["write_ids"] = [*self.state["write_ids"], write_id][-self.REMEMBERED_WRITES :]
-
-    def append(self, write_id: str, columns: dict[str, list[Any]]) -> bool:
-        """Append one write's rows, then drop whole oldest exchanges past the budget; False if it is refused."""
-        state, budget = self.state, self.state["budget_bytes"]
-        if (size := self.size(columns)) > budget:
-            self.reject(
-                write_id, f"the write has {size:,} bytes, over the history budget of {budget:,}", too_large=True
-            )
-            return False
-        for name, values in columns.items():
-            state[name].extend(values)
-        state["bytes"] += sum(self.size(list(row)) for row in zip(*columns.values(), strict=True))
-        state["writes"] += 1
-        state["write_ids"] = [*state["write_ids"], write_id][-self.REMEMBERED_WRITES :]
-        # Own code, not the framework's compaction: the limit is gRPC bytes, and this trims an orchestration's
-        # state deterministically, not `Message` objects in an agent run. A cut lands on a user message (whole
-        # exchanges), else on a message that is not a tool result, so a result never loses its call.
-        messages, cut = state["messages"], 0
-        while state["bytes"] > budget:
-            later = range(cut + 1, len(messages))
-            next_cut = next((i for i in later if messages[i]["role"] == "user"), None)
-            next_cut = next_cut or next((i for i in later if messages[i]["role"] != "tool"), None)
-            if next_cut is None:
-                break
-            state["bytes"] -= sum(self.size([state[name][i] for name in columns]) for i in range(cut, next_cut))
-            cut = next_cut
-        for name in columns:
-            del state[name][:cut]
-        state["trimmed"] += cut
-        return True
 
 
 class DurableTaskChatMessageStore(HistoryProvider):

@@ -25,8 +25,8 @@ from typing import Annotated, Any
 from agent_framework import Agent, AgentSession, ContextProvider, FunctionTool, SessionContext, SupportsAgentRun, tool
 from agent_framework.openai import OpenAIChatCompletionClient
 
+from durable_chat_history import ChatHistoryError, HistoryTimeout
 from durable_task_activity_chat_message_store import ChatRecord, DurableTaskActivityChatMessageStore
-from durable_task_chat_message_store import ChatHistoryError, HistoryTimeout
 from sample_support import ModelBackend, SchedulerBackend, run_sample
 from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
 

@@ -5,7 +5,8 @@ their own app, where neither `sample_support` nor the other scripts exist. `run_
 copies the script's top-level definitions named by the test, plus those of the script's imports that come from the
 standard library or the framework's packages, into a new module in an empty folder, and runs a test body against
 it in a fresh interpreter whose path holds neither this repository nor anything else of ours. An import of anything
-else (or a name the copied code uses but did not bring along) fails the run.
+else (or a name the copied code uses but did not bring along) fails the run. A class that builds on a module of ours
+(e.g. durable_chat_history.py) is copied with that module beside it (`beside`), each as its named definitions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -41,8 +42,9 @@ def _defined_names(node: ast.stmt) -> set[str]:
     return {target.id for target in targets if isinstance(target, ast.Name)}
 
 
-def standalone_source(script: str, names: Sequence[str]) -> str:
-    """A module holding the allowed imports of `script` and the top-level definitions in `names`, in file order."""
+def standalone_source(script: str, names: Sequence[str], *, keep_imports_from: Collection[str] = ()) -> str:
+    """A module holding the allowed imports of `script` and the top-level definitions in `names`, in file order.
+    Imports from the modules in `keep_imports_from` (copied beside it) are kept too."""
     path = REPO_DIR / script
     source = path.read_text(encoding="utf-8")
     tree = ast.parse(source)
@@ -51,7 +53,9 @@ def standalone_source(script: str, names: Sequence[str]) -> str:
     found: set[str] = set()
     for node in tree.body:
         allowed_import = (isinstance(node, ast.Import) and all(_allowed(alias.name) for alias in node.names)) or (
-            isinstance(node, ast.ImportFrom) and node.level == 0 and _allowed(node.module)
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (_allowed(node.module) or node.module in keep_imports_from)
         )
         if allowed_import:
             parts.append(ast.get_source_segment(source, node) or "")
@@ -66,11 +70,24 @@ def standalone_source(script: str, names: Sequence[str]) -> str:
 
 
 def run_standalone(
-    tmp_path: Path, script: str, names: Sequence[str], body: str, *, timeout: float = 120
+    tmp_path: Path,
+    script: str,
+    names: Sequence[str],
+    body: str,
+    *,
+    beside: Mapping[str, Sequence[str]] | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Write the copied definitions to `tmp_path/copied.py` and run `body` (module-level code that imports from
-    `copied`) in a new interpreter with `tmp_path` as its only project folder. Asserts that it exits 0."""
-    (tmp_path / "copied.py").write_text(standalone_source(script, names), encoding="utf-8")
+    `copied`) in a new interpreter with `tmp_path` as its only project folder. Asserts that it exits 0.
+
+    `beside`: other files of ours the copy imports from (file name -> the names copied into a module of that name);
+    the copies keep their imports from those modules, and only those."""
+    beside = beside or {}
+    ours = {Path(file).stem for file in beside}
+    for file, file_names in beside.items():
+        (tmp_path / file).write_text(standalone_source(file, file_names, keep_imports_from=ours), encoding="utf-8")
+    (tmp_path / "copied.py").write_text(standalone_source(script, names, keep_imports_from=ours), encoding="utf-8")
     (tmp_path / "check.py").write_text(textwrap.dedent(body), encoding="utf-8")
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     process = subprocess.run(

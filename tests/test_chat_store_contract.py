@@ -226,7 +226,7 @@ class DurableFactory(StoreFactory):
         super().__init__(request)
         self.sample = importlib.import_module(self.module)
         self.store_class = getattr(self.sample, self.store_class_name)
-        self.errors = (ValueError, importlib.import_module("durable_task_chat_message_store").ChatHistoryError)
+        self.errors = (ValueError, importlib.import_module("durable_chat_history").ChatHistoryError)
         self.byte_budget = self.store_class.__init__.__kwdefaults__["history_budget_bytes"]
         request.getfixturevalue("durable_worker")
         self.scheduler: SchedulerBackend = request.getfixturevalue("scheduler")
@@ -250,7 +250,7 @@ class DurableFactory(StoreFactory):
             message = record
         write_id = f"raw-{uuid.uuid4().hex}"
         instance_id = store.instance_id(session_id)  # type: ignore[attr-defined]
-        event = importlib.import_module("durable_task_chat_message_store").ChatHistory.APPEND_EVENT
+        event = importlib.import_module("durable_chat_history").ChatHistory.APPEND_EVENT
         client = store.client  # type: ignore[attr-defined]
         client.raise_orchestration_event(instance_id, event, data={"write_id": write_id, "messages": [message]})
         for _ in range(500):  # until the orchestration has taken the event in, or stopped

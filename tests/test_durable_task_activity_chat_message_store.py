@@ -17,17 +17,17 @@ from durabletask import task
 from durabletask.client import TaskHubGrpcClient
 
 import durable_task_activity_chat_message_store as sample
+from durable_chat_history import ChatHistory, HistoryTooLarge
 from durable_task_activity_chat_message_store import (
     DurableTaskActivityChatMessageStore,
     EnrichedChatHistory,
     enrich_chat_records,
 )
-from durable_task_chat_message_store import ChatHistory, HistoryTooLarge
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
 from tests.conftest import REPO_DIR, ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
-from tests.standalone import run_standalone, standalone_source
-from tests.test_durable_task_chat_message_store import PUBLIC_API, every_content_type, text_of, tool_exchange
+from tests.standalone import run_standalone
+from tests.test_durable_task_chat_message_store import ENGINE, PUBLIC_API, every_content_type, text_of, tool_exchange
 
 SCRIPT = "durable_task_activity_chat_message_store.py"
 COPYABLE = ["WORKER_ID", "enrich_chat_records", "activity_chat_history_orchestrator", "EnrichedChatHistory"]
@@ -283,19 +283,10 @@ def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunn
 
 @pytest.mark.timeout(120)
 def test_the_activity_store_works_copied_alone_with_the_chat_stores_public_api(tmp_path: Path) -> None:
-    """A reader copies the chat store's public API into `durable_task_chat_message_store.py` of their app and the
-    activity store (with the script's own import line) next to it; nothing else comes along."""
-    base = standalone_source("durable_task_chat_message_store.py", ["SCHEMA_VERSION", "ENDED", *PUBLIC_API])
-    (tmp_path / "durable_task_chat_message_store.py").write_text(base, encoding="utf-8")
-    tree = ast.parse(source := (REPO_DIR / SCRIPT).read_text(encoding="utf-8"))
-    line = next(
-        ast.get_source_segment(source, node)
-        for node in tree.body
-        if isinstance(node, ast.ImportFrom) and node.module == "durable_task_chat_message_store"
-    )
-    activity = standalone_source(SCRIPT, COPYABLE).replace("\n\n", f"\n{line}\n\n", 1)  # after `from __future__`
-    (tmp_path / "activity_store.py").write_text(activity, encoding="utf-8")
-    run_standalone(tmp_path, "durable_task_chat_message_store.py", ["ChatHistory"], STANDALONE_BODY)
+    """A reader copies durable_chat_history.py and the chat store's public API into their app under the same names,
+    and the activity store (with the script's own import lines) next to them; nothing else comes along."""
+    beside = {"durable_chat_history.py": ENGINE, "durable_task_chat_message_store.py": PUBLIC_API}
+    run_standalone(tmp_path, SCRIPT, COPYABLE, STANDALONE_BODY, beside=beside)
 
 
 STANDALONE_BODY = """
@@ -304,7 +295,7 @@ STANDALONE_BODY = """
     from durabletask.client import TaskHubGrpcClient
     from durabletask.testing import InMemoryOrchestrationBackend
     from durabletask.worker import TaskHubGrpcWorker
-    from activity_store import DurableTaskActivityChatMessageStore
+    from copied import DurableTaskActivityChatMessageStore
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

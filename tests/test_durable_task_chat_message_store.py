@@ -1,13 +1,14 @@
-"""durable_task_chat_message_store.py: read-your-writes, restart recall, idempotent writes, the size budget, the
-incremental append, ids and foreign or corrupt histories, two writers at once, the copy-paste check, the script."""
+"""durable_task_chat_message_store.py (and durable_chat_history.py, its orchestration's state): read-your-writes,
+restart recall, idempotent writes, the size budget, the incremental append, ids and foreign or corrupt histories,
+two writers at once, the copy-paste check, the script and its roles."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,15 +16,8 @@ from agent_framework import AgentSession, Content, Message
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 
 import durable_task_chat_message_store as sample
-from durable_task_chat_message_store import (
-    ChatHistory,
-    ChatHistoryError,
-    DurableTaskChatMessageStore,
-    HistoryTimeout,
-    HistoryTooLarge,
-    InvalidArgument,
-    chat_history_orchestrator,
-)
+from durable_chat_history import ChatHistory, ChatHistoryError, HistoryTimeout, HistoryTooLarge, InvalidArgument
+from durable_task_chat_message_store import DurableTaskChatMessageStore, chat_history_orchestrator
 from sample_support import SchedulerBackend, select_model
 from sample_support.durable_worker import add_role_arguments
 from sample_support.offline_model import OfflineModelServer
@@ -31,16 +25,10 @@ from tests.conftest import ScriptRunner, start_worker_process, stop_worker_proce
 from tests.standalone import run_standalone
 
 SCRIPT = "durable_task_chat_message_store.py"
-# What the activity and multi-agent samples may import from this script (its module docstring lists the same).
-PUBLIC_API = (
-    "ChatHistoryError",
-    "InvalidArgument",
-    "HistoryTooLarge",
-    "HistoryTimeout",
-    "chat_history_orchestrator",
-    "ChatHistory",
-    "DurableTaskChatMessageStore",
-)
+# durable_chat_history.py, copied whole beside a copied store: the orchestration's state, its steps, the errors.
+ENGINE = ("SCHEMA_VERSION", "ChatHistoryError", "InvalidArgument", "HistoryTooLarge", "HistoryTimeout", "ChatHistory")
+# What the activity and multi-agent samples may import from this script; the rest comes from durable_chat_history.
+PUBLIC_API = ("ENDED", "chat_history_orchestrator", "DurableTaskChatMessageStore")
 
 
 def text_of(message: Message) -> str:
@@ -606,8 +594,9 @@ def test_the_role_arguments_of_the_durable_samples_refuse_a_timeout_that_is_not_
 
 
 @pytest.mark.timeout(120)
-def test_the_store_and_its_orchestrator_work_copied_alone(tmp_path: os.PathLike[str]) -> None:
-    run_standalone(tmp_path, SCRIPT, ["SCHEMA_VERSION", "ENDED", *PUBLIC_API], STANDALONE_BODY)  # type: ignore[arg-type]
+def test_the_store_and_its_orchestrator_work_copied_alone(tmp_path: Path) -> None:
+    """The store and its orchestrator copied from the script, with durable_chat_history.py copied beside them."""
+    run_standalone(tmp_path, SCRIPT, PUBLIC_API, STANDALONE_BODY, beside={"durable_chat_history.py": ENGINE})
 
 
 STANDALONE_BODY = """
@@ -616,7 +605,8 @@ STANDALONE_BODY = """
     from durabletask.client import TaskHubGrpcClient
     from durabletask.testing import InMemoryOrchestrationBackend
     from durabletask.worker import TaskHubGrpcWorker
-    from copied import ChatHistoryError, DurableTaskChatMessageStore, HistoryTooLarge
+    from copied import DurableTaskChatMessageStore
+    from durable_chat_history import ChatHistoryError, HistoryTooLarge
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -19,8 +19,8 @@ from durabletask.client import TaskHubGrpcClient
 from durabletask.history import EventRaisedEvent
 
 import durable_task_multi_agent_thread as sample
+from durable_chat_history import ChatHistory
 from durable_task_activity_chat_message_store import DurableTaskActivityChatMessageStore
-from durable_task_chat_message_store import ChatHistory
 from durable_task_multi_agent_thread import PLANNER, RESEARCHER, TOOLS
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
@@ -77,10 +77,11 @@ def test_the_sample_imports_only_the_public_api_of_the_chat_store() -> None:
     imported = {
         node.module: [alias.name for alias in node.names]
         for node in tree.body
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("durable_task")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("durable_")
     }
-    assert set(imported["durable_task_chat_message_store"]) <= set(PUBLIC_API)
+    assert set(imported.get("durable_task_chat_message_store", [])) <= set(PUBLIC_API)
     assert imported["durable_task_activity_chat_message_store"] == ["ChatRecord", "DurableTaskActivityChatMessageStore"]
+    assert imported["durable_chat_history"] == ["ChatHistoryError", "HistoryTimeout"]
 
 
 @pytest.mark.usefixtures("worker")
