@@ -1,8 +1,8 @@
 """What both Durable Task chat message stores share: the history orchestration's state, its steps, their errors.
 
 `ChatHistory` wraps the state a chat history orchestration carries across continue-as-new (a JSON dict) and the steps
-its orchestrator applies to each append event: recognise a retried write, keep each message once, append, and drop
-whole oldest exchanges past a byte budget. It runs inside orchestrators,
+its orchestrator applies to each append event: recognise a retried write, keep each message once, refuse a record
+this version cannot read, append, and drop whole oldest exchanges past a byte budget. It runs inside orchestrators,
 so it is deterministic: no I/O, no clock. durable_task_chat_message_store.py shows the store and its orchestrator;
 durable_task_activity_chat_message_store.py adds a metadata row per message. Copy this module beside them.
 """
@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
+from agent_framework import Message
 from durabletask import task
 
 SCHEMA_VERSION = 1  # of the orchestration's state: a store refuses a state it does not know
+# What `Message.from_dict` raises for a record it cannot read (e.g. a field a newer version added).
+UNREADABLE = (TypeError, ValueError, KeyError, AttributeError)
 
 
 class ChatHistoryError(RuntimeError):
@@ -58,16 +61,30 @@ class ChatHistory:
 
     @staticmethod
     def is_record(message: Any) -> bool:
-        """A message as `save_messages` sends it: `Message.to_dict()` with a message id."""
+        """Shaped like a record `save_messages` sends (`Message.to_dict()` with a message id); cheap, for every read."""
         kinds = {"role": str, "message_id": str, "contents": list}
         return isinstance(message, dict) and all(isinstance(message.get(key), kind) for key, kind in kinds.items())
+
+    @staticmethod
+    def to_messages(session_id: str | None, records: list[dict[str, Any]]) -> list[Message]:
+        """The stored records as messages; a record this version cannot read is an error naming the session."""
+        messages = []
+        for number, record in enumerate(records, 1):
+            try:
+                messages.append(Message.from_dict(record))
+            except UNREADABLE as error:
+                raise ChatHistoryError(
+                    f"session {session_id!r}: stored message {number} ({record.get('message_id')!r}) is not one this "
+                    f"version reads ({error}); read_status() still returns every stored record"
+                ) from None
+        return messages
 
     def publish(self, ctx: task.OrchestrationContext) -> None:
         if not ctx.is_replaying:  # a replay re-runs this code: serialise the whole history for new events only
             ctx.set_custom_status(self.state)
 
     def new_messages(self, write: Any) -> list[dict[str, Any]] | None:
-        """The messages of `write` not held yet; None if its write id was applied already or it is malformed."""
+        """The messages of `write` not held yet; None if its write id was applied already or the write is refused."""
         write_id, messages = (write.get("write_id"), write.get("messages")) if isinstance(write, dict) else (0, 0)
         if not (isinstance(write_id, str) and isinstance(messages, list) and all(map(self.is_record, messages))):
             if isinstance(write_id, str):  # a reader waiting for this write gets the reason
@@ -78,6 +95,12 @@ class ChatHistory:
             return None
         held = {message["message_id"] for message in self.state["messages"]}
         fresh = [message for message in messages if message["message_id"] not in held]
+        for message in fresh:  # a record every later read could not parse is refused here, with the whole write
+            try:
+                Message.from_dict(message)  # deterministic: no I/O
+            except UNREADABLE as error:
+                self.reject(write_id, f"message {message['message_id']!r} is not one this version reads ({error})")
+                return None
         self.state["duplicate_messages"] += len(messages) - len(fresh)
         return fresh
 

@@ -133,10 +133,8 @@ class DurableTaskActivityChatMessageStore(DurableTaskChatMessageStore):
         status = await self.read_status(session_id) or {"messages": [], "metadata": []}
         if len(status["messages"]) != len(status.get("metadata", ())):
             raise ChatHistoryError(f"session {session_id!r}: the stored messages and their metadata disagree")
-        return [
-            ChatRecord(Message.from_dict(m), meta)
-            for m, meta in zip(status["messages"], status["metadata"], strict=True)
-        ]
+        messages = ChatHistory.to_messages(session_id, status["messages"])
+        return [ChatRecord(message, meta) for message, meta in zip(messages, status["metadata"], strict=True)]
 
 
 @tool(approval_mode="never_require")

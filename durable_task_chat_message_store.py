@@ -150,7 +150,7 @@ class DurableTaskChatMessageStore(HistoryProvider):
 
     async def get_messages(self, session_id: str | None, **kwargs: Any) -> list[Message]:
         status = await self.read_status(session_id)
-        return [Message.from_dict(message) for message in status["messages"]] if status else []
+        return ChatHistory.to_messages(session_id, status["messages"]) if status else []
 
     async def read_status(self, session_id: str | None) -> dict[str, Any] | None:
         """The custom status once every write this store sent is in it; None if the session was never written.

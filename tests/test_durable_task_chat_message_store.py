@@ -1,6 +1,6 @@
 """durable_task_chat_message_store.py (and durable_chat_history.py, its orchestration's state): read-your-writes,
-restart recall, idempotent writes, the size budget, the incremental append, ids and foreign or corrupt histories,
-two writers at once, the copy-paste check, the script and its roles."""
+restart recall, idempotent writes, the size budget, the incremental append, ids, foreign, corrupt or newer histories
+and records, two writers at once, the copy-paste check, the script and its roles."""
 
 from __future__ import annotations
 
@@ -26,9 +26,17 @@ from tests.standalone import run_standalone
 
 SCRIPT = "durable_task_chat_message_store.py"
 # durable_chat_history.py, copied whole beside a copied store: the orchestration's state, its steps, the errors.
-ENGINE = ("SCHEMA_VERSION", "ChatHistoryError", "InvalidArgument", "HistoryTooLarge", "HistoryTimeout", "ChatHistory")
+ENGINE = ("SCHEMA_VERSION", "UNREADABLE", "ChatHistoryError", "InvalidArgument", "HistoryTooLarge", "HistoryTimeout")
+ENGINE += ("ChatHistory",)
 # What the activity and multi-agent samples may import from this script; the rest comes from durable_chat_history.
 PUBLIC_API = ("ENDED", "chat_history_orchestrator", "DurableTaskChatMessageStore")
+
+
+class NewerMessage(Message):
+    """A message as a newer framework or store version might write it: a field this version does not know."""
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        return {**super().to_dict(**kwargs), "type": "message", "schema_version": 2}
 
 
 def text_of(message: Message) -> str:
@@ -83,6 +91,40 @@ def test_constructor_refuses_settings_that_are_not_positive_integers_or_could_pa
         with pytest.raises(InvalidArgument):
             DurableTaskChatMessageStore(client, read_timeout=bad_timeout)
     DurableTaskChatMessageStore(client, writes_per_generation=4, history_budget_bytes=200_000)
+
+
+def test_a_record_this_version_cannot_read_is_refused_with_its_whole_write() -> None:
+    """The orchestrator parses each new record (deterministic, no I/O): a record that every later read would fail on
+    is refused with its write, which a waiting reader then sees with the reason; nothing of the write is kept."""
+    history = ChatHistory(ChatHistory.new(every=4, budget_bytes=200_000))
+    good = {**Message("user", ["good"]).to_dict(), "message_id": "g1"}
+    newer = NewerMessage("user", ["from the future"], message_id="future").to_dict()
+    unknown_content = {**good, "message_id": "c1", "contents": [{"type": "text", "text": "x", "colour": "red"}]}
+    for number, record in enumerate((newer, unknown_content)):
+        assert ChatHistory.is_record(record)  # shaped like a message: only parsing it finds the problem
+        assert history.new_messages({"write_id": f"w{number}", "messages": [good, record]}) is None
+    assert history.state["messages"] == [] and history.state["duplicate_messages"] == 0
+    reasons = [(entry["write_id"], entry["reason"]) for entry in history.state["rejected"]]
+    assert reasons == [
+        ("w0", "message 'future' is not one this version reads (Message.__init__() got an unexpected keyword "
+         "argument 'schema_version')"),
+        ("w1", "message 'c1' is not one this version reads (Content.__init__() got an unexpected keyword argument "
+         "'colour')"),
+    ]  # fmt: skip
+    assert history.new_messages({"write_id": "w0", "messages": [good]}) is None  # a retry of a refused write
+    assert history.new_messages({"write_id": "w2", "messages": [good]}) == [good]
+
+
+def test_a_stored_record_this_version_cannot_read_is_an_error_naming_the_session_not_a_type_error() -> None:
+    good = {**Message("user", ["good"]).to_dict(), "message_id": "g1"}
+    newer = NewerMessage("user", ["from the future"], message_id="future").to_dict()
+    assert [message.text for message in ChatHistory.to_messages("s-1", [good])] == ["good"]
+    with pytest.raises(ChatHistoryError) as error:
+        ChatHistory.to_messages("s-1", [good, newer])
+    assert str(error.value) == (
+        "session 's-1': stored message 2 ('future') is not one this version reads (Message.__init__() got an "
+        "unexpected keyword argument 'schema_version'); read_status() still returns every stored record"
+    )
 
 
 def test_trimming_never_leaves_an_orphan_tool_result() -> None:
@@ -380,10 +422,13 @@ class TestWithAWorker:
     ) -> None:
         store = DurableTaskChatMessageStore(client)
         newer, corrupt, malformed = unique("newer"), unique("corrupt"), unique("malformed")
+        newer_record, newer_write = unique("newer-record"), unique("newer-write")
         good = {**Message("user", ["good"]).to_dict(), "message_id": "g1"}
+        future = NewerMessage("user", ["from the future"], message_id="future").to_dict()
         states = {
             newer: {**ChatHistory.new(4, 200_000), "schema": 2, "messages": [good]},
             corrupt: {**ChatHistory.new(4, 200_000), "messages": [good, {"role": 5, "contents": "x"}]},
+            newer_record: {**ChatHistory.new(4, 200_000), "messages": [good, future]},  # stored by an older worker
         }
         for session_id, state in states.items():
             client.schedule_new_orchestration(
@@ -395,6 +440,18 @@ class TestWithAWorker:
                 await until_published(store, newer)
             with pytest.raises(ChatHistoryError, match=rf"session '{corrupt}'.*corrupt"):
                 await until_published(store, corrupt)
+            await until_published(store, newer_record)
+            with pytest.raises(ChatHistoryError, match=rf"^session '{newer_record}': stored message 2 \('future'\)"):
+                await store.get_messages(newer_record)
+            status = await store.read_status(newer_record)  # the raw records stay readable
+            assert status is not None and status["messages"] == [good, future]
+            # A store on a newer framework writes a record this worker cannot read: refused, the writer told why.
+            await store.save_messages(newer_write, [Message("user", ["before"])])
+            await store.save_messages(newer_write, [NewerMessage("user", ["from the future"], message_id="future")])
+            refused = rf"^session '{newer_write}': write \w+ was not stored: message 'future' is not one this version"
+            with pytest.raises(ChatHistoryError, match=refused + r" reads \(.*'schema_version'\)$"):
+                await store.get_messages(newer_write)
+            assert [text_of(message) for message in await store.get_messages(newer_write)] == ["before"]
             # An event that is not a write of this store is refused by the orchestration, which keeps running.
             await store.save_messages(malformed, [Message("user", ["before"])])
             event = {"write_id": "w-bad", "messages": [{"role": 5}]}
@@ -410,7 +467,7 @@ class TestWithAWorker:
             state = client.get_orchestration_state(store.instance_id(malformed))
             assert state is not None and state.runtime_status == OrchestrationStatus.RUNNING
         finally:
-            for session_id in (newer, corrupt, malformed):
+            for session_id in (newer, corrupt, malformed, newer_record, newer_write):
                 client.terminate_orchestration(store.instance_id(session_id), recursive=False)
 
     @pytest.mark.timeout(60)
@@ -608,6 +665,10 @@ STANDALONE_BODY = """
     from copied import DurableTaskChatMessageStore
     from durable_chat_history import ChatHistoryError, HistoryTooLarge
 
+    class NewerMessage(Message):  # what a newer framework might write
+        def to_dict(self, **kwargs):
+            return {**super().to_dict(**kwargs), "type": "message", "schema_version": 2}
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -632,6 +693,12 @@ STANDALONE_BODY = """
             raise AssertionError("an oversize write was accepted")
         except HistoryTooLarge as error:
             assert isinstance(error, ChatHistoryError) and "1,500 bytes" in str(error)
+        await store.save_messages("session-2", [NewerMessage("user", ["x"], message_id="newer")])
+        try:
+            await store.get_messages("session-2")
+            raise AssertionError("a record this version cannot read was stored")
+        except ChatHistoryError as error:
+            assert "message 'newer' is not one this version reads" in str(error)
         print("copied store: ok")
 
     try:
