@@ -16,8 +16,6 @@ from agent_framework import Message
 from durabletask import task
 
 SCHEMA_VERSION = 1  # of the orchestration's state: a store refuses a state it does not know
-# What `Message.from_dict` raises for a record it cannot read (e.g. a field a newer version added).
-UNREADABLE = (TypeError, ValueError, KeyError, AttributeError)
 
 
 class ChatHistoryError(RuntimeError):
@@ -72,7 +70,7 @@ class ChatHistory:
         for number, record in enumerate(records, 1):
             try:
                 messages.append(Message.from_dict(record))
-            except UNREADABLE as error:
+            except Exception as error:  # whatever from_dict raises (TypeError: an unknown field), it cannot read it
                 raise ChatHistoryError(
                     f"session {session_id!r}: stored message {number} ({record.get('message_id')!r}) is not one this "
                     f"version reads ({error}); read_status() still returns every stored record"
@@ -98,7 +96,7 @@ class ChatHistory:
         for message in fresh:  # a record every later read could not parse is refused here, with the whole write
             try:
                 Message.from_dict(message)  # deterministic: no I/O
-            except UNREADABLE as error:
+            except Exception as error:  # any: an exception here would fail the orchestration, and the history with it
                 self.reject(write_id, f"message {message['message_id']!r} is not one this version reads ({error})")
                 return None
         self.state["duplicate_messages"] += len(messages) - len(fresh)

@@ -26,8 +26,7 @@ from tests.standalone import run_standalone
 
 SCRIPT = "durable_task_chat_message_store.py"
 # durable_chat_history.py, copied whole beside a copied store: the orchestration's state, its steps, the errors.
-ENGINE = ("SCHEMA_VERSION", "UNREADABLE", "ChatHistoryError", "InvalidArgument", "HistoryTooLarge", "HistoryTimeout")
-ENGINE += ("ChatHistory",)
+ENGINE = ("SCHEMA_VERSION", "ChatHistoryError", "InvalidArgument", "HistoryTooLarge", "HistoryTimeout", "ChatHistory")
 # What the activity and multi-agent samples may import from this script; the rest comes from durable_chat_history.
 PUBLIC_API = ("ENDED", "chat_history_orchestrator", "DurableTaskChatMessageStore")
 
@@ -100,7 +99,8 @@ def test_a_record_this_version_cannot_read_is_refused_with_its_whole_write() -> 
     good = {**Message("user", ["good"]).to_dict(), "message_id": "g1"}
     newer = NewerMessage("user", ["from the future"], message_id="future").to_dict()
     unknown_content = {**good, "message_id": "c1", "contents": [{"type": "text", "text": "x", "colour": "red"}]}
-    for number, record in enumerate((newer, unknown_content)):
+    not_a_content = {**good, "message_id": "l1", "contents": [[1, 2]]}  # from_dict raises AttributeError
+    for number, record in enumerate((newer, unknown_content, not_a_content)):
         assert ChatHistory.is_record(record)  # shaped like a message: only parsing it finds the problem
         assert history.new_messages({"write_id": f"w{number}", "messages": [good, record]}) is None
     assert history.state["messages"] == [] and history.state["duplicate_messages"] == 0
@@ -110,9 +110,10 @@ def test_a_record_this_version_cannot_read_is_refused_with_its_whole_write() -> 
          "argument 'schema_version')"),
         ("w1", "message 'c1' is not one this version reads (Content.__init__() got an unexpected keyword argument "
          "'colour')"),
+        ("w2", "message 'l1' is not one this version reads ('list' object has no attribute 'get')"),
     ]  # fmt: skip
     assert history.new_messages({"write_id": "w0", "messages": [good]}) is None  # a retry of a refused write
-    assert history.new_messages({"write_id": "w2", "messages": [good]}) == [good]
+    assert history.new_messages({"write_id": "w3", "messages": [good]}) == [good]
 
 
 def test_a_stored_record_this_version_cannot_read_is_an_error_naming_the_session_not_a_type_error() -> None:
