@@ -8,7 +8,7 @@ the entity's state) with a fast poll; then the official agent alone with its def
 Needs its own virtual environment (the package pins python-dateutil < 3): `make bench` creates .venv-bench-peer from
 bench/peer/requirements.txt. Output: a table on stdout and in `bench/results/peer_durable_agent.md` (`--out DIR`).
 
-    .venv-bench-peer/bin/python bench/peer/durable_agent_peer.py              # 120 turns each, 20 at 1 s polling
+    .venv-bench-peer/bin/python bench/peer/durable_agent_peer.py              # 100 turns each, 20 at 1 s polling
     .venv-bench-peer/bin/python bench/peer/durable_agent_peer.py --turns 10 --default-turns 3
 """
 
@@ -49,7 +49,7 @@ from sample_support.scheduler import start_embedded_scheduler  # noqa: E402
 from tests.model_probe import ModelProbe  # noqa: E402
 
 RESULTS = REPO_DIR / "bench" / "results" / "peer_durable_agent.md"
-TURNS = 120
+TURNS = 100
 DEFAULT_POLLING_TURNS = 20
 FAST_POLL_SECONDS = 0.005
 LAST = 20  # the "last turns" window
