@@ -27,10 +27,9 @@ samples: $(INSTALLED)
 		echo; echo "===== python $$sample"; $(PY) $$sample; \
 	done
 
-# Two test processes (pytest-xdist); `.venv/bin/python -m pytest` alone runs the same tests in one. gRPC's fork
-# handlers are off: the tests fork child processes (which exec at once) while gRPC threads run in the test process.
+# Two test processes (pytest-xdist); `.venv/bin/python -m pytest` alone runs the same tests in one.
 test: $(INSTALLED)
-	GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m pytest -n 2
+	$(PY) -m pytest -n 2
 
 # Not part of the two README commands: every benchmark in one run (~14 min on 2 cores), each writing its table to
 # bench/results/: the per-turn benchmark, our orchestrated thread beside the official durable agent, and the wall

@@ -9,10 +9,14 @@ the tests assert on its exact, deterministic replies, which a real model's wordi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
 import signal
 import subprocess
 import sys
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,6 +157,40 @@ def run_script_process(
 def run_script() -> ScriptRunner:
     """`run_script_process` as a fixture."""
     return run_script_process
+
+
+def run_script_inline(
+    script: str, *args: str, env: dict[str, str] | None = None, **_: object
+) -> subprocess.CompletedProcess[str]:
+    """Runs `<script> [args]` in this process as `python <script> [args]` would (its `__main__` block, argv, the
+    repository folder as working directory, `env` added to the environment) and returns what a finished process
+    would: exit status, stdout, stderr (an uncaught exception's traceback included). It skips only the ~1 s of
+    interpreter start and imports, so tests of arguments and one-line errors need no process of their own."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    returncode = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO_DIR)
+        patch.setattr(sys, "argv", [script, *args])
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(str(REPO_DIR / script), run_name="__main__")
+            except SystemExit as exit_:
+                code = exit_.code
+                returncode = code if isinstance(code, int) else (0 if code is None else 1)
+                if isinstance(code, str):
+                    print(code, file=sys.stderr)
+            except BaseException:  # what the interpreter would print before exiting 1
+                traceback.print_exc()
+                returncode = 1
+    return subprocess.CompletedProcess([script, *args], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture
+def run_script_here() -> ScriptRunner:
+    """`run_script_inline` as a fixture."""
+    return run_script_inline
 
 
 def unique(prefix: str) -> str:
