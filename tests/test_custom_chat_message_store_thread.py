@@ -658,11 +658,11 @@ def test_script_runs_as_a_user_would_cleans_up_and_leaks_nothing(run_script: Scr
     assert lines[-1] == f"Removed {database.parent} (run with --keep to keep it)"
 
 
-@pytest.mark.timeout(60)
-def test_resume_continues_the_thread_in_another_process(
-    demo_run: DemoRun, kept_copy: Path, run_script: ScriptRunner
+def test_resume_continues_the_thread_from_its_files(
+    demo_run: DemoRun, kept_copy: Path, run_script_here: ScriptRunner
 ) -> None:
-    result = run_script(SCRIPT, "--resume", str(kept_copy / "alice.session.json"))
+    # The script's own __main__ on the files alone (the two-process test below resumes in new processes).
+    result = run_script_here(SCRIPT, "--resume", str(kept_copy / "alice.session.json"))
     assert result.returncode == 0, result.stderr
     assert "8 messages in the database" in result.stdout
     alice = read_threads(kept_copy / DATABASE_NAME)[demo_run.thread("alice").session_id]
@@ -672,16 +672,15 @@ def test_resume_continues_the_thread_in_another_process(
     assert json.loads((kept_copy / "alice.session.json").read_text(encoding="utf-8"))["state"][SOURCE]["version"] == 3
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", ["corrupt", "other store", "window 1e30"])
 def test_resume_with_a_bad_session_file_is_one_line_and_loses_nothing(
-    kept_copy: Path, run_script: ScriptRunner, case: str
+    kept_copy: Path, run_script_here: ScriptRunner, case: str
 ) -> None:
     bad_file = kept_copy / "alice.session.json"
     bad_file.write_text(str(BAD_SESSION_FILES[case][0]), encoding="utf-8")
     database_before = (kept_copy / DATABASE_NAME).read_bytes()
 
-    line = one_error_line(run_script(SCRIPT, "--resume", str(bad_file)))
+    line = one_error_line(run_script_here(SCRIPT, "--resume", str(bad_file)))
 
     assert line.startswith(f"session file {bad_file} ")
     assert BAD_SESSION_FILES[case][1] in line
@@ -692,7 +691,7 @@ def test_resume_with_a_bad_session_file_is_one_line_and_loses_nothing(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["/dev/zero", "a FIFO", "a 64 MB file", "a directory"])
 def test_resume_refuses_what_is_not_a_session_file_without_waiting(
-    kept_copy: Path, tmp_path: Path, run_script: ScriptRunner, kind: str
+    kept_copy: Path, tmp_path: Path, run_script_here: ScriptRunner, kind: str
 ) -> None:
     path = {"/dev/zero": Path("/dev/zero"), "a FIFO": tmp_path / "fifo", "a 64 MB file": tmp_path / "huge.json"}.get(
         kind, tmp_path / "dir.session.json"
@@ -706,7 +705,7 @@ def test_resume_refuses_what_is_not_a_session_file_without_waiting(
         path.mkdir()
     rows_before = row_count(kept_copy / DATABASE_NAME)
 
-    line = one_error_line(run_script(SCRIPT, "--data-dir", str(kept_copy), "--resume", str(path)))
+    line = one_error_line(run_script_here(SCRIPT, "--data-dir", str(kept_copy), "--resume", str(path)))
 
     expected = (
         "cannot read session file {}: Is a directory"
@@ -717,14 +716,13 @@ def test_resume_refuses_what_is_not_a_session_file_without_waiting(
     assert row_count(kept_copy / DATABASE_NAME) == rows_before
 
 
-@pytest.mark.timeout(60)
 def test_a_session_file_path_that_is_a_directory_fails_before_any_turn(
-    tmp_path: Path, run_script: ScriptRunner
+    tmp_path: Path, run_script_here: ScriptRunner
 ) -> None:
     data_dir = tmp_path / "dd"
     (data_dir / "alice.session.json").mkdir(parents=True)
 
-    line = one_error_line(run_script(SCRIPT, "--data-dir", str(data_dir)))
+    line = one_error_line(run_script_here(SCRIPT, "--data-dir", str(data_dir)))
 
     assert line == f"cannot read session file {data_dir / 'alice.session.json'}: Is a directory"
     assert row_count(data_dir / DATABASE_NAME) == 0
@@ -752,9 +750,8 @@ def read_only(directory: Path) -> Iterator[None]:
         directory.chmod(0o755)
 
 
-@pytest.mark.timeout(60)
 def test_resume_of_a_session_file_in_a_read_only_directory_is_one_line_and_appends_nothing(
-    kept_copy: Path, tmp_path: Path, run_script: ScriptRunner
+    kept_copy: Path, tmp_path: Path, run_script_here: ScriptRunner
 ) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -762,19 +759,18 @@ def test_resume_of_a_session_file_in_a_read_only_directory_is_one_line_and_appen
     shutil.copy(kept_copy / "alice.session.json", session_file)
     database_before = (kept_copy / DATABASE_NAME).read_bytes()
     with read_only(locked):
-        line = one_error_line(run_script(SCRIPT, "--data-dir", str(kept_copy), "--resume", str(session_file)))
+        line = one_error_line(run_script_here(SCRIPT, "--data-dir", str(kept_copy), "--resume", str(session_file)))
     assert line.startswith(f"cannot write session file {session_file}: ")
     assert (kept_copy / DATABASE_NAME).read_bytes() == database_before
 
 
-@pytest.mark.timeout(60)
 def test_a_corrupt_row_through_the_script_blames_the_thread_not_the_model(
-    demo_run: DemoRun, kept_copy: Path, run_script: ScriptRunner
+    demo_run: DemoRun, kept_copy: Path, run_script_here: ScriptRunner
 ) -> None:
     alice = demo_run.thread("alice").session_id
     bad_row = insert_raw(kept_copy / DATABASE_NAME, alice, '{"schema_version": 1, "role": 5}')
 
-    line = one_error_line(run_script(SCRIPT, "--resume", str(kept_copy / "alice.session.json")))
+    line = one_error_line(run_script_here(SCRIPT, "--resume", str(kept_copy / "alice.session.json")))
 
     assert line == f"thread '{alice}' in {kept_copy / DATABASE_NAME}: unreadable row {bad_row}: not a message"
 
@@ -808,7 +804,7 @@ def model_holding_the_first_requests(offline_base_url: str, count: int) -> Itera
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
@@ -895,8 +891,8 @@ def test_sigterm_mid_turn_removes_the_temporary_directory() -> None:
 
 
 @pytest.mark.parametrize(("flag", "code"), [("--help", 0), ("--no-such-flag", 2)])
-def test_help_runs_nothing_and_unknown_flags_are_refused(run_script: ScriptRunner, flag: str, code: int) -> None:
-    result = run_script(SCRIPT, flag)
+def test_help_runs_nothing_and_unknown_flags_are_refused(run_script_here: ScriptRunner, flag: str, code: int) -> None:
+    result = run_script_here(SCRIPT, flag)
     assert result.returncode == code
     assert "Backends:" not in result.stdout
     if code == 0:

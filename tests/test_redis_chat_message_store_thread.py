@@ -789,24 +789,26 @@ def test_unreachable_redis_is_one_line_naming_redis_url(
     assert captured.out == ""  # stopped before the first example
 
 
-def test_help_prints_usage_and_runs_nothing_and_unknown_flags_are_refused(run_script: ScriptRunner) -> None:
+def test_help_prints_usage_and_runs_nothing_and_unknown_flags_are_refused(run_script_here: ScriptRunner) -> None:
     env = {"REDIS_URL": f"redis://127.0.0.1:{free_loopback_port()}/0"}  # were anything run, it would fail here
-    result = run_script(SCRIPT, "--help", env=env)
+    result = run_script_here(SCRIPT, "--help", env=env)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith("usage: redis_chat_message_store_thread.py [-h]")
     assert "RedisChatMessageStore" in result.stdout and "Backends:" not in result.stdout
 
-    result = run_script(SCRIPT, "--max-messages", "3", env=env)
+    result = run_script_here(SCRIPT, "--max-messages", "3", env=env)
     assert result.returncode == 2 and result.stdout == ""
     assert "unrecognized arguments: --max-messages 3" in result.stderr
 
 
 @pytest.mark.timeout(60)
 def test_script_runs_as_a_user_would_without_leaking_a_connection(run_script: ScriptRunner) -> None:
-    result = run_script(SCRIPT)
+    """`python -X dev -W error::ResourceWarning`: an unclosed chat client or Redis connection would be reported."""
+    result = run_script(SCRIPT, env={"PYTHONDEVMODE": "1", "PYTHONWARNINGS": "error::ResourceWarning"})
 
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    # Dev mode's asyncio debug may report a slow step ("Executing <Task ...> took 0.15 seconds"); nothing else.
+    assert [line for line in result.stderr.splitlines() if not line.startswith("Executing <")] == []
     lines = result.stdout.splitlines()
     assert all(part in lines[0] for part in expected_banner(redis=True))
     for expected in (
@@ -819,15 +821,3 @@ def test_script_runs_as_a_user_would_without_leaking_a_connection(run_script: Sc
         "Cleared 7 threads; messages left in them: 0",
     ):
         assert expected in lines
-
-
-@pytest.mark.timeout(60)
-def test_script_leaves_no_connection_open_under_python_dev_mode(run_script: ScriptRunner) -> None:
-    """`python -X dev -W error::ResourceWarning`: an unclosed chat client or Redis connection would be reported.
-    (Dev mode also logs asyncio's slow-callback notices on stderr, so this run does not ask for an empty stderr.)"""
-    result = run_script(SCRIPT, env={"PYTHONDEVMODE": "1", "PYTHONWARNINGS": "error::ResourceWarning"})
-
-    assert result.returncode == 0, result.stderr
-    assert "ResourceWarning" not in result.stderr and "unclosed" not in result.stderr
-    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
-    assert "Cleared 7 threads; messages left in them: 0" in result.stdout.splitlines()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -32,9 +34,10 @@ from sample_support import (
     select_model,
     select_redis,
     select_scheduler,
+    serve_scheduler,
 )
 from sample_support.config import error_line, masked_url
-from tests.conftest import REPO_DIR, unique
+from tests.conftest import REPO_DIR, run_script_inline, unique
 from tests.local_servers import free_loopback_port, local_redis_server, run_child, start_child, stop_child
 
 AZURE_SETTINGS = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME", "AZURE_PASSWORD")
@@ -246,7 +249,7 @@ class FailingModelService:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -320,28 +323,30 @@ def silent_port() -> Iterator[int]:
 
 
 @pytest.mark.timeout(60)
-def test_a_model_that_never_answers_is_one_line_within_the_timeout(silent_port: int) -> None:
-    code = """
-        from agent_framework import Agent
-        from agent_framework.openai import OpenAIChatCompletionClient
-        from sample_support import open_backends, run_sample
+def test_a_model_that_never_answers_is_one_line_within_the_timeout(
+    silent_port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent_framework import Agent
+    from agent_framework.openai import OpenAIChatCompletionClient
 
-        async def main() -> None:
-            async with open_backends() as backends:
-                client = OpenAIChatCompletionClient(**backends.model.client_kwargs())
-                try:
-                    await Agent(client=client).run("Hello")
-                finally:
-                    await client.client.close()
+    async def main() -> None:
+        async with open_backends() as backends:
+            client = OpenAIChatCompletionClient(**backends.model.client_kwargs())
+            try:
+                await Agent(client=client).run("Hello")
+            finally:
+                await client.client.close()
 
-        run_sample(main())
-    """
     settings = {"OPENAI_API_KEY": "sk-test", "OPENAI_MODEL": "gpt-4o-mini", "OPENAI_TIMEOUT_SECONDS": "1"}
     settings["OPENAI_BASE_URL"] = f"http://127.0.0.1:{silent_port}/v1"
-    result = run_python(code, env=settings, timeout=45)
-    assert result.returncode == 1
-    assert result.stdout.startswith("Backends: model=OpenAI gpt-4o-mini (http://127.0.0.1:")
-    assert result.stderr == (
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        run_sample(main())
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Backends: model=OpenAI gpt-4o-mini (http://127.0.0.1:")
+    assert captured.err == (
         "error: the model service did not answer within 1 s (OPENAI_TIMEOUT_SECONDS): check OPENAI_API_KEY / "
         "OPENAI_MODEL / OPENAI_BASE_URL and that the endpoint is up\n"
     )
@@ -650,13 +655,7 @@ def test_a_worker_says_ready_only_once_the_scheduler_answered(
     https: bool, no_azure_login: None, silent_port: int
 ) -> None:
     endpoint = f"https://127.0.0.1:{silent_port}" if https else f"http://127.0.0.1:{free_loopback_port()}"
-    result = run_child(
-        [sys.executable, "-m", "tests.echo_worker"],
-        timeout=60,
-        cwd=REPO_DIR,
-        env={**os.environ, "DTS_ENDPOINT": endpoint},
-        text=True,
-    )
+    result = run_script_inline("tests/echo_worker.py", env={"DTS_ENDPOINT": endpoint})
     assert (result.returncode, result.stdout) == (1, "")
     expected = "error: Azure sign-in failed for DTS_ENDPOINT" if https else "error: cannot reach the Durable Task"
     assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
@@ -713,13 +712,27 @@ def embedded_scheduler_process(port: int) -> subprocess.Popen[str]:
     )
 
 
+def serve_scheduler_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sample_support.serve_scheduler args` run in this process (its `__main__` is `main()`), for the runs
+    that end at once; returns what the process would."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["serve_scheduler.py", *args])
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as end:
+            serve_scheduler.main()
+    assert isinstance(end.value.code, int)
+    return subprocess.CompletedProcess(sys.argv, end.value.code, stdout.getvalue(), stderr.getvalue())
+
+
 @pytest.mark.timeout(30)
-def test_embedded_scheduler_runs_as_its_own_process_and_says_it_is_embedded() -> None:
-    port = free_loopback_port()
-    process = embedded_scheduler_process(port)
+def test_embedded_scheduler_runs_as_its_own_process_on_a_free_port_and_says_it_is_embedded() -> None:
+    process = embedded_scheduler_process(0)  # `--port 0` picks a free port and prints it
     try:
         assert process.stdout is not None
-        assert process.stdout.readline().strip() == f"Embedded Durable Task scheduler listening on 127.0.0.1:{port}."
+        line = process.stdout.readline().strip()
+        assert line.startswith("Embedded Durable Task scheduler listening on 127.0.0.1:") and line.endswith("."), line
+        port = int(line.removesuffix(".").rsplit(":", 1)[1])
+        assert port > 0
         backend = SchedulerBackend(f"127.0.0.1:{port}", "default", secure_channel=False)
         backend.check()
         assert backend.is_embedded  # reached through DTS_ENDPOINT, still recognised
@@ -745,18 +758,14 @@ def test_a_scheduler_that_is_not_the_embedded_one_is_not_reported_as_embedded() 
 
 @pytest.mark.timeout(30)
 def test_a_second_embedded_scheduler_on_a_taken_port_fails_at_once() -> None:
-    port = free_loopback_port()
-    first = embedded_scheduler_process(port)
+    from sample_support.scheduler import start_embedded_scheduler
+
+    first = start_embedded_scheduler()  # holds its port the way the first scheduler process would
     try:
-        assert first.stdout is not None and "listening" in first.stdout.readline()
-        second = run_child(
-            [sys.executable, "-m", "sample_support.serve_scheduler", "--port", str(port)],
-            timeout=20,
-            cwd=REPO_DIR,
-            text=True,
-        )
+        port = first.port
+        second = serve_scheduler_here("--port", str(port))
     finally:
-        stop_child(first)
+        first.stop(grace=0)
     assert (second.returncode, second.stdout) == (1, "")
     assert second.stderr == (
         f"error: cannot start the embedded scheduler on 127.0.0.1:{port}: the port is taken (is another scheduler "
@@ -766,27 +775,11 @@ def test_a_second_embedded_scheduler_on_a_taken_port_fails_at_once() -> None:
 
 @pytest.mark.parametrize("port", ["-1", "70000", "http"])
 def test_serve_scheduler_rejects_a_port_out_of_range(port: str) -> None:
-    result = run_child(
-        [sys.executable, "-m", "sample_support.serve_scheduler", "--port", port], timeout=20, cwd=REPO_DIR, text=True
-    )
+    result = serve_scheduler_here("--port", port)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.endswith(
         f"error: argument --port: {port!r} is not a port number (1-65535, or 0 for a free one)\n"
     )
-
-
-@pytest.mark.timeout(30)
-def test_serve_scheduler_port_zero_picks_a_free_port_and_prints_it() -> None:
-    process = embedded_scheduler_process(0)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        assert line.startswith("Embedded Durable Task scheduler listening on 127.0.0.1:")
-        port = int(line.rsplit(":", 1)[1].rstrip("."))
-        assert port > 0
-        SchedulerBackend(f"127.0.0.1:{port}", "default", secure_channel=False).check()
-    finally:
-        stop_child(process)
 
 
 # endregion
@@ -826,17 +819,19 @@ def test_children_of_a_killed_test_run_die_with_it(helper: str, tmp_path: Path) 
     script.write_text("import time\nprint('Worker ready', flush=True)\ntime.sleep(120)\n")
     code = f"""
         import time
-        from tests import conftest
         from tests.local_servers import local_redis_server
 
         helper = {helper!r}
-        if helper == "start_worker_process":
-            print(conftest.start_worker_process({str(script)!r}).pid, flush=True)
-        elif helper == "run_script":
-            conftest.run_script_process({str(script)!r}, timeout=120)
-        else:
+        if helper == "local_redis_server":
             with local_redis_server():
                 time.sleep(120)
+        else:
+            from tests import conftest  # its imports take a while: only where a helper of it runs
+
+            if helper == "start_worker_process":
+                print(conftest.start_worker_process({str(script)!r}).pid, flush=True)
+            else:
+                conftest.run_script_process({str(script)!r}, timeout=120)
     """
     parent = start_child([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_DIR, stdout=subprocess.PIPE, text=True)
     try:

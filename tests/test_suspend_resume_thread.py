@@ -16,6 +16,7 @@ import pytest
 from agent_framework import AgentSession
 
 from sample_support import select_model
+from sample_support.offline_model import OFFLINE_MODEL_NAME
 from suspend_resume_thread import (
     SessionConflictError,
     SessionFile,
@@ -28,7 +29,9 @@ from suspend_resume_thread import (
 )
 from tests.conftest import REPO_DIR, ScriptRunner
 from tests.local_servers import run_child, start_child, stop_child
+from tests.model_probe import ModelProbe
 from tests.standalone import run_standalone
+from tests.test_custom_chat_message_store_thread import model_holding_the_first_requests
 
 SCRIPT = "suspend_resume_thread.py"
 BLUE, BOOK = "My favorite color is blue.", "Book a flight to Paris."
@@ -247,10 +250,10 @@ def test_pending_approval_survives_the_json_round_trip(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.timeout(120)
-def test_approval_in_another_process_runs_the_tool_once(
-    tmp_path: Path, run_script: ScriptRunner, capsys: pytest.CaptureFixture[str]
+def test_approval_given_when_resumed_runs_the_tool_once(
+    tmp_path: Path, run_script_here: ScriptRunner, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The script's own command line, on the file alone (the default run approves in a child process).
     path = tmp_path / "session.json"
     asyncio.run(main(["--suspend", str(path), "--say", BLUE, "--say", BOOK]))
     assert 'Approval: the agent asks to run book_flight{"destination": "Paris"}' in capsys.readouterr().out
@@ -261,7 +264,7 @@ def test_approval_in_another_process_runs_the_tool_once(
     assert path.read_bytes() == before
     assert bookings(tmp_path) == []
 
-    approved = run_script(SCRIPT, "--resume", str(path), "--approve")
+    approved = run_script_here(SCRIPT, "--resume", str(path), "--approve")
     assert approved.returncode == 0, approved.stderr
     assert approved.stderr == ""
     assert "Agent: Booked a flight to Paris." in approved.stdout.splitlines()
@@ -312,46 +315,47 @@ def test_a_stale_save_is_refused_and_a_reload_succeeds(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.timeout(180)
-def test_six_concurrent_resumes_leave_a_consistent_file(tmp_path: Path) -> None:
+def together(offline_model: ModelProbe, *commands: list[str]) -> list[tuple[str, str, int]]:
+    """Runs `python suspend_resume_thread.py <command>` once per command, at the same time: the model holds each
+    process's first request until all have sent one, so every process has read (or not yet created) the file before
+    any of them writes it. Returns (stdout, stderr, exit status) per command."""
+    with model_holding_the_first_requests(offline_model.base_url, len(commands)) as base_url:
+        model = {"OPENAI_API_KEY": "offline", "OPENAI_MODEL": OFFLINE_MODEL_NAME, "OPENAI_BASE_URL": base_url}
+        processes = [script(*command, env={**os.environ, **model}) for command in commands]
+        try:
+            return [(*process.communicate(timeout=100), process.returncode) for process in processes]
+        finally:
+            for process in processes:
+                stop_child(process)
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_resumes_leave_a_consistent_file(tmp_path: Path, offline_model: ModelProbe) -> None:
     path = tmp_path / "session.json"
     asyncio.run(main(["--suspend", str(path)]))
-    processes = [script("--resume", str(path)) for _ in range(6)]
-    try:
-        results = [(*process.communicate(timeout=150), process.returncode) for process in processes]
-    finally:
-        for process in processes:
-            stop_child(process)
+    results = together(offline_model, *[["--resume", str(path)]] * 3)
 
-    winners = [stdout for stdout, _, status in results if status == 0]
-    losers = [stderr for _, stderr, status in results if status != 0]
-    assert winners, [stderr for _, stderr, _ in results]
+    # All three read version 1: exactly one saves, the other two are told in one line and save nothing.
+    assert sorted(status for *_, status in results) == [0, 1, 1], [stderr for _, stderr, _ in results]
     for _, stderr, status in results:
-        assert status in (0, 1)
         if status == 1:
             (line,) = stderr.splitlines()
             assert re.fullmatch(f"error: {re.escape(str(path))} {CONFLICT} \\(resume from the file again\\)", line)
-    # Every saved resume is in the file, whole and in order; every lost one was told.
+    # The saved resume is in the file, whole and in order.
     messages = saved_messages(path)
-    assert saved(path)["version"] == 1 + len(winners)
-    assert len(messages) == 2 + 4 * len(winners)
-    assert [text for role, text in messages if role == "user"] == [BLUE] + RESUME_QUESTIONS * len(winners)
-    assert len(winners) + len(losers) == 6
+    assert saved(path)["version"] == 2
+    assert len(messages) == 2 + 4
+    assert [text for role, text in messages if role == "user"] == [BLUE, *RESUME_QUESTIONS]
     assert sorted(item.name for item in tmp_path.iterdir()) == ["session.json"]  # no temporary file left behind
 
 
 @pytest.mark.timeout(120)
-def test_three_concurrent_suspends_create_exactly_one_file(tmp_path: Path) -> None:
+def test_concurrent_suspends_create_exactly_one_file(tmp_path: Path, offline_model: ModelProbe) -> None:
     path = tmp_path / "session.json"
-    texts = [f"My name is Alice{number}." for number in range(3)]
-    processes = [script("--suspend", str(path), "--say", text) for text in texts]
-    try:
-        results = [(*process.communicate(timeout=100), process.returncode) for process in processes]
-    finally:
-        for process in processes:
-            stop_child(process)
+    texts = [f"My name is Alice{number}." for number in range(2)]
+    results = together(offline_model, *[["--suspend", str(path), "--say", text] for text in texts])
 
-    assert sorted(status for *_, status in results) == [0, 1, 1]
+    assert sorted(status for *_, status in results) == [0, 1]
     (winner,) = [text for text, (*_, status) in zip(texts, results, strict=True) if status == 0]
     for _, stderr, status in results:
         if status == 1:
@@ -438,11 +442,10 @@ def test_bad_session_file_is_a_one_line_error_and_stays_untouched(tmp_path: Path
     assert sorted(tmp_path.iterdir()) == [path]
 
 
-@pytest.mark.timeout(60)
-def test_damaged_history_blames_the_file_not_the_model_key(tmp_path: Path, run_script: ScriptRunner) -> None:
+def test_damaged_history_blames_the_file_not_the_model_key(tmp_path: Path, run_script_here: ScriptRunner) -> None:
     path = tmp_path / "session.json"
     path.write_text(BAD_SESSION_FILES["a tool result without its call"][0])
-    result = run_script(SCRIPT, "--resume", str(path))
+    result = run_script_here(SCRIPT, "--resume", str(path))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"error: {path} holds a damaged session: message 2 answers a tool call never made"
@@ -504,13 +507,13 @@ def test_sigterm_removes_the_temp_folder_and_the_resuming_child() -> None:
         os.kill(child_pid, 0)
 
 
-def test_help_prints_usage_and_runs_nothing(run_script: ScriptRunner) -> None:
-    result = run_script(SCRIPT, "--help")
+def test_help_prints_usage_and_runs_nothing(run_script_here: ScriptRunner) -> None:
+    result = run_script_here(SCRIPT, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: suspend_resume_thread.py")
     assert "Backends:" not in result.stdout and result.stderr == ""
     for wrong in (["--bogus"], ["--suspend", "x.json", "--approve"]):
-        rejected = run_script(SCRIPT, *wrong)
+        rejected = run_script_here(SCRIPT, *wrong)
         assert rejected.returncode == 2
         assert "Backends:" not in rejected.stdout
         assert rejected.stderr.splitlines()[-1].startswith("suspend_resume_thread.py: error: ")
