@@ -1,10 +1,9 @@
 """A conversation thread orchestrated by the Durable Task Scheduler: every user turn is a checkpointed activity.
 
-One orchestration per thread (instance id = thread id) keeps the session; a user turn is a `user_turn` event and the
-`run_agent_turn` activity returns only what the turn changed. The framework's compaction keeps the session under a
-byte budget (`TokenBudgetComposedStrategy` + `SummarizationStrategy`: the oldest exchanges become one summary, or
-whole oldest groups go); what leaves goes to a `thread_archive` entity. `book_flight` needs a person's approval: an
-`approval_orchestrator` waits, its durable timer declines. Roles, printing: durable_task_orchestrated_thread_roles.py.
+One orchestration per thread (instance id = thread id) keeps the session; a user turn is a `user_turn` event, the
+`run_agent_turn` activity returns only what the turn changed. The framework's compaction keeps the session under a byte
+budget (the oldest exchanges become one summary, or whole groups go); what leaves goes to archive pages (entities).
+`book_flight` needs a person's approval: an `approval_orchestrator` waits, its timer declines. Plumbing: *_roles.py.
 
 Run it: python durable_task_orchestrated_thread.py [--role all|worker|client] [--timeout SECONDS] [--help]
 """
@@ -24,7 +23,6 @@ from typing import Any, NamedTuple
 import agent_framework as af
 import grpc
 from agent_framework import Agent, AgentSession, Content, InMemoryHistoryProvider, Message, tool
-from agent_framework.exceptions import ChatClientException
 from durabletask import entities, task
 from durabletask.client import TaskHubGrpcClient
 
@@ -35,10 +33,11 @@ HISTORY = InMemoryHistoryProvider.DEFAULT_SOURCE_ID  # where the history provide
 MAX_TURN_CHARS = 32_000
 RECENT_TURNS = 5  # outcomes kept in the custom status, for clients that raised several turns at once
 REMEMBERED_TURN_IDS = 100  # a turn whose id is one of the last 100 is not answered again
-# The budget bounds a gRPC payload, so this `TokenizerProtocol` counts bytes: what a message adds to the session's
-# JSON (its text escaped, as the payload is, plus type, author and compaction annotations, for ids up to 64 chars).
+# A `TokenizerProtocol` counting what a message adds to the session's JSON, a gRPC payload (escaped text, annotations).
 SESSION_JSON_BYTES = SimpleNamespace(count_tokens=lambda text: len(json.dumps(text)) + 400)
 SCHEDULER_MESSAGE_LIMIT_BYTES = 3 * 1024 * 1024  # headroom under gRPC's 4 MiB; lower it for the managed service
+ARCHIVE_PAGE_BYTES = 64_000  # a thread's archive is pages (entities) of about this size...
+ARCHIVE_PAGES = 16  # ... and keeps up to 16 of them (~1 MB): past that, the oldest page is forgotten
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # thread and turn ids
 COUNTERS = ("generation", "turns", "messages", "summaries", "archived", "ignored")
 ENDED = ("COMPLETED", "FAILED", "TERMINATED")
@@ -68,22 +67,20 @@ async def take_turn(chat_client: Any, work: dict[str, Any]) -> dict[str, Any]:
     """The activity's body: run the agent once on the thread's session and return only what changed."""
     session = AgentSession.from_dict(work["session"]) if work["session"] else AgentSession(session_id=work["thread"])
     before = len(session.state.setdefault(HISTORY, {}).setdefault("messages", []))
-    # After the run, compaction excludes the oldest messages: older groups become one summary (the newer half stays;
-    # no input cap, so every older group goes in), or whole groups are dropped when summaries are off or not enough.
+    # Compaction after the run: the older half becomes one summary; whole oldest groups go if that is off or not enough.
     summary = af.SummarizationStrategy(client=chat_client, target_count=before // 2 + 1, max_summary_input_tokens=None)
     steps, limit = [summary] if work["summarize"] else [], work["budget"]
     budget = af.TokenBudgetComposedStrategy(token_budget=limit, tokenizer=SESSION_JSON_BYTES, strategies=steps)
     # Providers run after_run in reverse order: the history saves the run first, then compaction sees it.
     providers = [af.CompactionProvider(after_strategy=budget), InMemoryHistoryProvider(skip_excluded=True)]
     agent = Agent(client=chat_client, instructions=INSTRUCTIONS, tools=[book_flight], context_providers=providers)
-    if "approvals" in work:  # a person's answers to the tool calls the previous run asked about
-        message = Message("user", [Content.from_dict(r).to_function_approval_response(a) for r, a in work["approvals"]])
-    else:  # the turn id doubles as the message id, so the history names the turn each message came from
-        message = Message("user", [work["message"]], message_id=work["turn_id"])
-    answer = message if "approvals" in work else None  # kept out of the history (see the end)
+    # A person's answers to the last run's tool calls (kept out of the history), or a message named by its turn id.
+    approvals = [Content.from_dict(r).to_function_approval_response(a) for r, a in work.get("approvals", [])]
+    answer = Message("user", approvals) if approvals else None
+    message = answer or Message("user", [work["message"]], message_id=work["turn_id"])
     try:
         response = await agent.run(message, session=session)
-    except ChatClientException as error:
+    except af.exceptions.ChatClientException as error:
         raise ThreadError(f"the model service failed ({error.__cause__ or error.args[0]})") from None
     stored, new = session.state[HISTORY]["messages"], 1 + len(response.messages)  # [summary,] earlier ones, this run's
     out = [bool(m.additional_properties.get(af.EXCLUDED_KEY)) and m is not answer for m in stored]  # the oldest groups
@@ -95,9 +92,7 @@ async def take_turn(chat_client: Any, work: dict[str, Any]) -> dict[str, Any]:
     change = {"reply": response.text, "session": session.to_dict(), "dropped": dropped}  # its late result go together
     change["requests"] = [request.to_dict() for request in response.user_input_requests]
     change["summaries"] = [m.to_dict() for m, gone in zip(stored[:summaries], out, strict=False) if not gone]
-    # A person's answers are not kept (the turn's outcome has them), so the history keeps a call next to its result.
-    change["added"] = [m.to_dict() for m in stored[-new:] if m is not answer]
-    return change
+    return change | {"added": [m.to_dict() for m in stored[-new:] if m is not answer]}  # the outcome has the answers
 
 
 def thread_orchestrator(ctx: task.OrchestrationContext, state: dict[str, Any]) -> Generator[task.Task, Any, None]:
@@ -107,7 +102,8 @@ def thread_orchestrator(ctx: task.OrchestrationContext, state: dict[str, Any]) -
         decisions = None
         if pending := state["pending"]:  # tool calls wait for a person: one approval orchestration per request
             timeout, requests = state["approval_timeout"], pending["requests"]
-            ids = [f"{ctx.instance_id}:approval:{r['id']}" for r in requests]  # see OrchestratedThread.answer
+            # One per request (OrchestratedThread.answer): a late answer finds it done, its timer ends with it.
+            ids = [f"{ctx.instance_id}:approval:{r['id']}" for r in requests]
             waits = [ctx.call_sub_orchestrator(approval_orchestrator, input=timeout, instance_id=i) for i in ids]
             decisions = yield task.when_all(waits)
             approvals = [(r, d["approved"]) for r, d in zip(requests, decisions, strict=True)]
@@ -130,7 +126,7 @@ def thread_orchestrator(ctx: task.OrchestrationContext, state: dict[str, Any]) -
         else:
             old = state["session"]["state"][HISTORY]["messages"] if state["session"] else []
             if moved := [old[index] for index in change["dropped"]]:
-                ctx.signal_entity(entities.EntityInstanceId("thread_archive", ctx.instance_id), "add", input=moved)
+                send_to_archive(ctx, state.setdefault("archive", [[0, 0, 0]]), moved)
             kept = [message for index, message in enumerate(old) if index not in change["dropped"]]
             history = [*change["summaries"], *kept, *change["added"]]
             change["session"]["state"][HISTORY]["messages"] = history
@@ -147,10 +143,19 @@ def thread_orchestrator(ctx: task.OrchestrationContext, state: dict[str, Any]) -
     ctx.continue_as_new(state, save_events=True)  # save_events=True keeps turns raised during the restart
 
 
+def send_to_archive(ctx: task.OrchestrationContext, pages: list[list[int]], moved: list[dict[str, Any]]) -> None:
+    """Signal what left the session to the archive's newest page (entity "<thread id>:<n>"): one page per signal."""
+    page, size = pages[-1], len(json.dumps(moved))  # pages: [n, messages, bytes] of each kept, oldest first
+    if page[2] and page[2] + size > ARCHIVE_PAGE_BYTES:  # the page is full: start the next one
+        pages.append(page := [page[0] + 1, 0, 0])
+    if len(pages) > ARCHIVE_PAGES:  # forget the oldest page
+        ctx.signal_entity(entities.EntityInstanceId("thread_archive", f"{ctx.instance_id}:{pages.pop(0)[0]}"), "delete")
+    ctx.signal_entity(entities.EntityInstanceId("thread_archive", f"{ctx.instance_id}:{page[0]}"), "add", input=moved)
+    page[1:] = [page[1] + len(moved), page[2] + size]
+
+
 def approval_orchestrator(ctx: task.OrchestrationContext, timeout: float) -> Generator[task.Task, Any, dict[str, Any]]:
-    """One tool call waiting for a person: the first valid `approval` event decides, or the durable timer declines. One
-    instance per request: a late or repeated answer finds it completed, and its timer never fires into a later thread
-    generation (the in-memory scheduler would deliver it there)."""
+    """One tool call waiting for a person: the first valid `approval` event decides, or the durable timer declines."""
     timer = ctx.create_timer(timedelta(seconds=timeout))
     while True:
         event = ctx.wait_for_external_event(APPROVAL)
@@ -181,15 +186,14 @@ class OrchestratedThread:
     def start(
         self, every: int = 3, session_budget: int = 256_000, summarize: bool = True, approval_timeout: float = 300.0
     ) -> bool:
-        """Schedule the thread unless it runs (True if created): continue-as-new every `every` events, a session under
-        `session_budget` bytes (summarized if `summarize`), tool calls declined after `approval_timeout` s idle."""
+        """Schedule the thread unless it runs (True if created); tool calls are declined after `approval_timeout` s."""
         check_step_size(every, session_budget)
         if (state := self._state()) is not None and state.runtime_status.name in ENDED:
             raise ThreadError(f"thread {self.thread_id!r} has ended ({state.runtime_status.name}): choose another id")
         if state is not None:
             return False
         first = dict(every=every, session_budget=session_budget, summarize=summarize, approval_timeout=approval_timeout)
-        first |= dict.fromkeys(COUNTERS, 0) | {"session": None, "pending": None, "turn_ids": [], "recent": []}
+        first |= dict.fromkeys(COUNTERS, 0) | dict(session=None, pending=None, turn_ids=[], recent=[])
         try:
             self.client.schedule_new_orchestration(thread_orchestrator, input=first, instance_id=self.thread_id)
         except grpc.RpcError as error:
@@ -225,7 +229,7 @@ class OrchestratedThread:
         self.answered.add(request_id)
 
     async def wait(self, turn_id: str, timeout: float | None = None) -> Reply:
-        """Poll the custom status for the outcome of `turn_id`, or its tool calls waiting for a person (`timeout` s)."""
+        """Poll the custom status for `turn_id`'s outcome, or its tool calls waiting for a person (5-100 ms backoff)."""
         start, timeout = asyncio.get_running_loop().time(), timeout or self.reply_timeout
         while True:
             state = await asyncio.to_thread(self._state)
@@ -243,7 +247,6 @@ class OrchestratedThread:
             if (waited := asyncio.get_running_loop().time() - start) > timeout:
                 lost = status.get("working_on") == turn_id  # the orchestration handed it to the activity already
                 raise ThreadError(f"no reply to {turn_id} within {timeout:g} s: {LOST if lost else QUEUED}")
-            # Sleep a tenth of the time waited so far (5 to 100 ms): quick replies, a managed scheduler not hammered.
             await asyncio.sleep(min(max(waited / 10, 0.005), 0.1))
 
     async def ask(self, message: str, turn_id: str | None = None) -> Reply:
@@ -256,28 +259,25 @@ async def main(
     """`--role all`: a scheduler (embedded unless configured), a worker and a client here; returns what tests check."""
     from durable_task_orchestrated_thread_roles import Demo, say  # that module imports this one
 
-    async with Demo(every, session_budget, summarize, timeout) as demo:  # checks the settings, starts a worker
+    async with Demo(every, session_budget, summarize, timeout) as demo:  # checks the settings, starts no worker yet
         thread, control = demo.thread("thread"), demo.thread("control")
         print(f"\n=== 1. Thread {thread.thread_id}: continue-as-new every {every} events, {session_budget:,} B budget")
         facts = ["My name is Alice.", "I live in Paris.", "My favorite color is blue.", "Tell me a joke."]
-        replies = [await say(thread, text) for text in facts]
+        first = demo.start_worker(lambda: thread.raise_turn(facts[0]))  # the turn waits in the scheduler till then
+        replies = [await say(thread, text, turn_id=first if text == facts[0] else None) for text in facts]
         print("\n=== 2. The oldest exchanges became a summary (in the session), and the agent still knows them ===")
         replies.append(await say(thread, "What is my name?"))
         print("\n=== 3. The same turn id sent twice is answered once; three turns raised at once are all answered ===")
         questions = ["Where do I live?", "What is my favorite color?", "Summarize our conversation."]
         turn_ids = [thread.raise_turn(question) for question in questions]
         thread.raise_turn(questions[0], turn_id=turn_ids[0])  # what a client's retry looks like: the same turn id
-        for question, turn_id in zip(questions, turn_ids, strict=True):
-            replies.append(await say(thread, question, turn_id=turn_id))
-        print("\n=== 4. The worker is replaced between turns: a turn raised meanwhile waits in the scheduler ===")
-        turn_id = await demo.replace_worker(lambda: thread.raise_turn("Where do I live?"))
-        replies.append(await say(thread, "Where do I live?", turn_id=turn_id))
-        print("\n=== 5. A tool that needs a person's approval: approved once, declined once ===")
+        replies += [await say(thread, text, turn_id=turn) for text, turn in zip(questions, turn_ids, strict=True)]
+        print("\n=== 4. A tool that needs a person's approval: approved once, declined once ===")
         replies.append(await say(thread, "Book a flight to Paris.", approve=True))
         replies.append(await say(thread, "Book a flight to Rome.", approve=False))
-        print("\n=== 6. Control: a new thread knows nothing ===")
+        print("\n=== 5. Control: a new thread knows nothing ===")
         control_reply = await say(control, "What is my name?")
-        print("\n=== 7. What the scheduler holds: the thread's custom status and its archive entity ===")
+        print("\n=== 6. What the scheduler holds: the thread's custom status and its archive pages ===")
         status, archive = await demo.show(thread)
     return {"replies": replies, "control_reply": control_reply, "status": status, "archive": archive}
 

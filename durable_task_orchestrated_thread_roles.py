@@ -1,8 +1,9 @@
 """Plumbing for durable_task_orchestrated_thread.py, whose top half is the lesson.
 
 - `AgentTurns` hosts the `run_agent_turn` activity: one chat client and one event loop for all turns of a worker;
-  `thread_archive` is the entity that keeps what compaction moved out of a thread; `new_worker` registers them and
-  the two orchestrators. These three use only the standard library and the framework's packages, like the lesson.
+  `thread_archive` is the entity that keeps a page of what compaction moved out of a thread (`send_to_archive`);
+  `new_worker` registers them and the two orchestrators; `read_archive` reads a thread's pages. These four use only
+  the standard library and the framework's packages, like the lesson.
 - `command_line()`: `--role all` (the demo, `main()`), `--role worker`, `--role client` (the four durable samples'
   role plumbing, in sample_support.durable_worker), and this script's own arguments.
 - `Demo` runs the demo's worker and client in one process; `say` prints `User:` / `Approval:` / `Agent:` lines.
@@ -16,6 +17,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +47,6 @@ from sample_support.durable_worker import (
     waiting_notice,
 )
 
-ARCHIVE_BUDGET_BYTES = 1_000_000  # the archive entity forgets a thread's oldest messages past this
 SCRIPT = "durable_task_orchestrated_thread.py"
 NEW_THREAD_SETTINGS = ("every", "session_budget", "summarize", "approval_timeout")  # OrchestratedThread.start's
 MODEL_SETTINGS = "OPENAI_API_KEY / OPENAI_MODEL / OPENAI_BASE_URL or AZURE_OPENAI_ENDPOINT / AZURE_OPENAI_MODEL"
@@ -86,17 +87,11 @@ class AgentTurns:
         self.close()
 
 
-def thread_archive(ctx: entities.EntityContext, messages: list[dict[str, Any]]) -> None:
-    """Entity, one per thread: the messages compaction moved out, the oldest forgotten past ARCHIVE_BUDGET_BYTES.
-
-    A summary lists the ids of the messages it replaced (`_summary_of_message_ids`): they are here, in order."""
-    archive = ctx.get_state(dict, {"messages": [], "bytes": 0, "forgotten": 0})
-    archive["messages"] += messages
-    archive["bytes"] += sum(len(json.dumps(message)) for message in messages)
-    while archive["bytes"] > ARCHIVE_BUDGET_BYTES:
-        archive["bytes"] -= len(json.dumps(archive["messages"].pop(0)))
-        archive["forgotten"] += 1
-    ctx.set_state(archive)
+def thread_archive(ctx: entities.EntityContext, messages: list[dict[str, Any]] | None) -> None:
+    """Entity, one per page of a thread's archive (keyed "<thread id>:<page>", see `send_to_archive`): "add" appends
+    messages compaction moved out of the session, "delete" forgets the page. A summary lists the ids of the messages
+    it replaced (`_summary_of_message_ids`): they are in the archive, in order, unless their page was forgotten."""
+    ctx.set_state([*ctx.get_state(list, []), *(messages or [])] if ctx.operation == "add" else None)
 
 
 def new_worker(worker: TaskHubGrpcWorker, turns: AgentTurns) -> TaskHubGrpcWorker:
@@ -108,10 +103,24 @@ def new_worker(worker: TaskHubGrpcWorker, turns: AgentTurns) -> TaskHubGrpcWorke
     return worker
 
 
-def read_archive(client: Any, thread_id: str) -> dict[str, Any]:
-    """The thread's archive entity, or an empty archive if compaction has not moved anything out yet."""
-    entity = client.get_entity(entities.EntityInstanceId("thread_archive", thread_id))
-    return (entity and entity.get_typed_state(dict)) or {"messages": [], "bytes": 0, "forgotten": 0}
+def read_archive(client: Any, thread_id: str, status: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """The archive of a thread whose custom status is `status`: the messages of its kept pages in order, and how many
+    older ones were forgotten. An entity applies a signal a moment after the orchestration step that sent it, so this
+    waits (up to `timeout` s) until every page holds what the status says was sent to it."""
+    pages, messages, start = status.get("archive", []), list[dict[str, Any]](), time.monotonic()
+    for number, count, _ in pages:
+        while len(page := read_page(client, f"{thread_id}:{number}")) < count:
+            if (waited := time.monotonic() - start) > timeout:
+                raise ThreadError(f"the archive of thread {thread_id!r} is behind its status after {timeout:g} s")
+            time.sleep(min(max(waited / 10, 0.005), 0.1))
+        messages += page
+    kept, size = sum(page[1] for page in pages), sum(page[2] for page in pages)
+    return {"messages": messages, "pages": len(pages), "bytes": size, "forgotten": status["archived"] - kept}
+
+
+def read_page(client: Any, key: str) -> list[dict[str, Any]]:
+    entity = client.get_entity(entities.EntityInstanceId("thread_archive", key))
+    return (entity and entity.get_typed_state(list)) or []
 
 
 def describe(status: dict[str, Any]) -> str:
@@ -180,8 +189,8 @@ class Demo:
         self.client = self.scheduler.client()
         self.stack.callback(self.client.close)
         self.turns = self.stack.enter_context(AgentTurns(backends.model.client_kwargs()))
+        self.worker = new_worker(self.scheduler.worker(), self.turns)  # started by start_worker
         self.stack.push_async_callback(self._end_threads)
-        self.start_worker()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -202,31 +211,23 @@ class Demo:
         self.threads.append(thread)
         return thread
 
-    def start_worker(self) -> None:
-        self.worker = new_worker(self.scheduler.worker(), self.turns)
+    def start_worker(self, raise_first: Callable[[], str]) -> str:
+        """Raise a turn while no worker runs, then start the worker; return the turn's id. (Stopping a worker to show
+        this mid-conversation costs ~1 s: durabletask's stop waits out its work queues' 1 s poll.)"""
+        turn_id = raise_first()
+        print(f"Raised {turn_id} before any worker runs: it waits in the scheduler. The worker starts.")
         self.worker.start()
-
-    async def replace_worker(self, raise_turn: Callable[[], str]) -> str:
-        """Stop the worker, raise a turn while none runs, start a new worker; return the turn's id."""
-        await asyncio.to_thread(self.worker.stop)
-        turn_id = raise_turn()
-        print(f"Worker stopped. Raised {turn_id} while no worker runs: it waits in the scheduler. A new worker starts.")
-        self.start_worker()
         return turn_id
 
     async def show(self, thread: OrchestratedThread) -> tuple[dict[str, Any], dict[str, Any]]:
         """Print and return the thread's custom status and its archive (once the archive has every moved message)."""
         status = thread.status() or {}
-        for _ in range(200):  # the archive entity applies its signals a moment after the orchestration sends them
-            archive = await asyncio.to_thread(read_archive, self.client, thread.thread_id)
-            if len(archive["messages"]) + archive["forgotten"] >= status["archived"]:
-                break
-            await asyncio.sleep(0.05)
+        archive = await asyncio.to_thread(read_archive, self.client, thread.thread_id, status)
         shown = {key: value for key, value in status.items() if key not in ("recent", "pending", "working_on")}
         print(f"Custom status: {json.dumps(shown)}")
         summaries = [m for m in archive["messages"] if str(m.get("message_id", "")).startswith("summary")]
-        print(f"Archive entity: {len(archive['messages'])} messages ({len(summaries)} earlier summaries), "
-              f"{archive['bytes']:,} bytes, {archive['forgotten']} forgotten")  # fmt: skip
+        print(f"Archive: {len(archive['messages'])} messages ({len(summaries)} earlier summaries) in "
+              f"{archive['pages']} page(s), {archive['bytes']:,} bytes, {archive['forgotten']} forgotten")  # fmt: skip
         return status, archive
 
 

@@ -1,6 +1,6 @@
 """durable_task_orchestrated_thread.py: one orchestration per thread, turns as events, the agent in an activity that
 returns only what a turn changed; the framework's compaction (summaries, or whole oldest groups) under a byte budget
-with an archive entity; a tool that waits for a person's approval across worker restarts; one-line errors.
+with an archive in pages (entities); a tool that waits for a person's approval across worker restarts; one-line errors.
 
 The scheduler is the embedded one over real gRPC (or DTS_ENDPOINT with --use-env). Worker processes started here send
 their model requests to this process's offline model (directly, or through a gate that holds a request until the
@@ -227,18 +227,21 @@ def test_main_demo_recalls_through_a_summary_books_once_and_archives_what_left(
     out, err = capsys.readouterr()
     assert err == ""
     replies, status, archive = result["replies"], result["status"], result["archive"]
+    assert replies[0] == "Nice to meet you, Alice!"  # raised before any worker ran, answered once one started
+    assert "before any worker runs: it waits in the scheduler" in out
     assert replies[4] == "Your name is Alice."  # asked after the first summary replaced the oldest exchanges
     assert replies[5:8] == ["You live in Paris.", "Your favorite color is blue.", replies[7]]
-    assert replies[8] == "You live in Paris."  # raised while no worker ran, answered by the new one
-    assert replies[9].startswith("Booked a flight to Paris") and replies[10] == DECLINED.replace("Paris", "Rome")
+    assert replies[8].startswith("Booked a flight to Paris") and replies[9] == DECLINED.replace("Paris", "Rome")
     assert [booking["destination"] for booking in bookings()] == ["Paris"]  # approved once, declined once
     assert "Alice" not in result["control_reply"]
-    # 11 turns answered; the duplicate ignored; nothing lost: every message is in the session or the archive.
-    assert (status["turns"], status["ignored"]) == (11, 1)
+    # 10 turns answered; the duplicate ignored; nothing lost: every message left is in the archive (one page, whole),
+    # which the reader saw only once it held what the status says was sent to it.
+    assert (status["turns"], status["ignored"]) == (10, 1)
     assert status["summaries"] >= 1 and status["archived"] == len(archive["messages"]) > 0
+    assert (archive["pages"], archive["forgotten"]) == (1, 0) and status["archive"][0][1] == status["archived"]
     assert archive["messages"][0]["contents"][0]["text"] == "My name is Alice."  # the oldest message, kept in order
     assert "Approval: the agent asks to run book_flight" in out and "Approval: declined" in out
-    assert "continue-as-new: generation 0 -> 1" in out
+    assert "continue-as-new: generation 0 -> 1" in out and "in 1 page(s)" in out
 
 
 @pytest.mark.timeout(60)
@@ -250,15 +253,15 @@ def test_script_runs_as_a_user_would_without_leaking(run_script: ScriptRunner) -
     assert all(part in banner for part in expected_banner(scheduler=True))
     assert "Agent: Your name is Alice." in result.stdout
     assert "Agent: I did not book the flight to Rome: the request was declined." in result.stdout
-    assert "Archive entity: " in result.stdout and result.stdout.rstrip().endswith(".")
+    assert "Archive: " in result.stdout and result.stdout.rstrip().endswith(".")
 
 
-def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
-    helped = run_script(SCRIPT, "--help", timeout=30)
+def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script_here: ScriptRunner) -> None:
+    helped = run_script_here(SCRIPT, "--help")
     assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout
     assert "--timeout SECONDS" in helped.stdout and "seconds a client waits for each reply (60)" in helped.stdout
     assert "Backends:" not in helped.stdout
-    refused = run_script(SCRIPT, "--bogus", timeout=30)
+    refused = run_script_here(SCRIPT, "--bogus")
     assert refused.returncode == 2 and "unrecognized arguments: --bogus" in refused.stderr
 
 
@@ -349,15 +352,6 @@ def generation_input_for(**options: Any) -> dict[str, Any]:
 # region Compaction: the session under its byte budget, summaries, the archive, the change a turn sends back
 
 
-def read_archive_when_complete(client: TaskHubGrpcClient, thread_id: str, archived: int) -> dict[str, Any]:
-    for _ in range(200):
-        archive = roles.read_archive(client, thread_id)
-        if len(archive["messages"]) + archive["forgotten"] >= archived:
-            return archive
-        threading.Event().wait(0.05)
-    raise AssertionError("the archive entity never received every moved message")
-
-
 def test_the_byte_tokenizer_bounds_the_session_json_of_every_kind_of_message() -> None:
     """The budget counts the framework's serialization of each message plus a fixed overhead: that must not be less
     than what the message really adds to the session's JSON (escaped unicode, tool calls, approvals, long ids)."""
@@ -375,48 +369,6 @@ def test_the_byte_tokenizer_bounds_the_session_json_of_every_kind_of_message() -
     for message in messages:
         real = len(json.dumps(message.to_dict()))
         assert sample.SESSION_JSON_BYTES.count_tokens(_serialize_message(message)) >= real, message.role
-
-
-@pytest.mark.timeout(90)
-def test_a_summary_carries_a_fact_across_200_turns_and_without_summaries_it_is_forgotten(
-    client: TaskHubGrpcClient,
-    offline_model: OfflineModelServer,
-    workers: Callable[..., WorkerProcess],
-    bookings: Callable[[], list[dict[str, str]]],
-) -> None:
-    """Turn 1 tells a fact; 200 turns follow (with tool-calling, approved turns in the summarized window) under a
-    budget of about 100 messages, across continue-as-new. With summaries the fact survives in the session; without,
-    it is forgotten (the negative control). The strict offline endpoint answers no 400 (autouse check)."""
-    budget = 60_000
-    workers(offline_model.base_url), workers(offline_model.base_url)  # two worker processes share the turns
-    summarized = new_thread(client, every=3, session_budget=budget)
-    trimmed = new_thread(client, every=3, session_budget=budget, summarize=False)
-    filler = ["Tell me a joke.", "Hello!", "What can you do?", "Hello!", "Tell me a joke.", *["Hello!"] * 14]
-    filler.append("Book a flight to Paris.")  # every 20th turn calls a tool (its call and result summarized later)
-
-    async def conversation(thread: sample.OrchestratedThread) -> tuple[str, dict[str, Any]]:
-        await thread.ask("My name is Alice.")
-        for number in range(200):
-            reply = await thread.ask(filler[number % len(filler)])
-            for request in reply.approvals:
-                thread.answer(request["id"], True)
-            if reply.approvals:
-                await thread.wait(reply.status["pending"]["turn_id"])
-        final = await thread.ask("What is my name?")
-        return final.text, final.status
-
-    async def both() -> list[tuple[str, dict[str, Any]]]:
-        return await asyncio.gather(conversation(summarized), conversation(trimmed))
-
-    (recalled, with_summaries), (forgotten, without) = asyncio.run(both())
-    assert recalled == "Your name is Alice."
-    assert "Alice" not in forgotten
-    assert with_summaries["summaries"] >= 2 and without["summaries"] == 0  # summaries of summaries carried it
-    assert with_summaries["generation"] >= 20 and without["archived"] > 100
-    assert len(bookings()) == 2 * 10  # every approved booking ran once, in both threads
-    kept = session_messages(summarized)  # a summary also lists the ids it replaced: a little over the budget
-    assert 20 <= len(kept) <= 110 and len(json.dumps(kept)) < budget + 5_000
-    assert orphans(kept) == [] and orphans(session_messages(trimmed)) == []
 
 
 # endregion
@@ -490,7 +442,7 @@ class TestOnAnInProcessWorker:
         assert status is not None and status["turns"] == 5 and status["summaries"] == 0
         assert "Paris" in replies[3]  # a recent exchange survived the trimming
         assert "Alice" not in replies[4]  # the oldest exchange was dropped, as the status says
-        archive = read_archive_when_complete(client, thread.thread_id, status["archived"])
+        archive = roles.read_archive(client, thread.thread_id, status)
         # Nothing vanished: every message of the five stored turns is in the session or, in order, in the archive.
         assert status["messages"] + status["archived"] == 2 * 5
         assert texts(archive["messages"])[:2] == ["My name is Alice.", "Nice to meet you, Alice!"]
@@ -499,6 +451,78 @@ class TestOnAnInProcessWorker:
             len(json.dumps(stored)) <= budget
         )  # the framework's count with our per-message overhead is an upper bound
         assert orphans(stored) == []  # whole groups: never a tool result without its call
+
+    @pytest.mark.timeout(60)
+    def test_the_archive_keeps_its_newest_pages_and_forgets_the_oldest(
+        self, client: TaskHubGrpcClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Pages of one batch each (a 1-byte page size) and two of them kept: the reader gets the newest two batches
+        in order; the older ones are forgotten, counted, and their page entities deleted."""
+        monkeypatch.setattr(sample, "ARCHIVE_PAGE_BYTES", 1)
+        monkeypatch.setattr(sample, "ARCHIVE_PAGES", 2)
+        thread = new_thread(client, every=2, session_budget=3_000, summarize=False)
+        said = ["My name is Alice.", "I live in Paris.", "Hello!", "Tell me a joke.", "What can you do?", "Hello!"]
+
+        async def scenario() -> list[str]:
+            return [(await thread.ask(text)).text for text in said]
+
+        try:
+            replies = asyncio.run(scenario())
+            status = thread.status()
+            assert status is not None
+            archive = roles.read_archive(client, thread.thread_id, status)
+        finally:  # before the page settings go back: a later step would replay with them
+            client.terminate_orchestration(thread.thread_id, recursive=False)
+        conversation = [text for exchange in zip(said, replies, strict=True) for text in exchange]
+        assert status["messages"] + status["archived"] == len(conversation)  # nothing vanished unaccounted
+        forgotten, numbers = archive["forgotten"], [number for number, _, _ in status["archive"]]
+        assert forgotten > 0 and len(numbers) == archive["pages"] == 2 and numbers[1] == numbers[0] + 1 > 1
+        assert texts(archive["messages"]) == conversation[forgotten : status["archived"]]  # the newest, in order
+        assert roles.read_page(client, f"{thread.thread_id}:0") == []  # the oldest page's entity was deleted
+
+    @pytest.mark.timeout(120)
+    def test_a_summary_carries_a_fact_across_200_turns_and_without_summaries_it_is_forgotten(
+        self, client: TaskHubGrpcClient, bookings: Callable[[], list[dict[str, str]]]
+    ) -> None:
+        """Turn 1 tells a fact; 200 turns follow (with tool-calling, approved turns in the summarized window) under a
+        budget of about 100 messages, across continue-as-new. With summaries the fact survives in the session;
+        without, it is forgotten (the negative control), and every message that left is in the archive's pages, in
+        order. The strict offline endpoint answers no 400 (autouse check). Both threads run at once."""
+        budget = 60_000
+        summarized = new_thread(client, every=3, session_budget=budget)
+        trimmed = new_thread(client, every=3, session_budget=budget, summarize=False)
+        filler = ["Tell me a joke.", "Hello!", "What can you do?", "Hello!", "Tell me a joke.", *["Hello!"] * 14]
+        filler.append("Book a flight to Paris.")  # every 20th turn calls a tool (its call and result summarized later)
+
+        async def conversation(thread: sample.OrchestratedThread) -> tuple[str, dict[str, Any]]:
+            await thread.ask("My name is Alice.")
+            for number in range(200):
+                reply = await thread.ask(filler[number % len(filler)])
+                for request in reply.approvals:
+                    thread.answer(request["id"], True)
+                if reply.approvals:
+                    await thread.wait(reply.status["pending"]["turn_id"])
+            final = await thread.ask("What is my name?")
+            return final.text, final.status
+
+        async def both() -> list[tuple[str, dict[str, Any]]]:
+            return await asyncio.gather(conversation(summarized), conversation(trimmed))
+
+        (recalled, with_summaries), (forgotten, without) = asyncio.run(both())
+        assert recalled == "Your name is Alice."
+        assert "Alice" not in forgotten
+        assert with_summaries["summaries"] >= 2 and without["summaries"] == 0  # summaries of summaries carried it
+        assert with_summaries["generation"] >= 20 and without["archived"] > 100
+        assert len(bookings()) == 2 * 10  # every approved booking ran once, in both threads
+        kept = session_messages(summarized)  # a summary also lists the ids it replaced: a little over the budget
+        assert 20 <= len(kept) <= 110 and len(json.dumps(kept)) < budget + 5_000
+        assert orphans(kept) == [] and orphans(session_messages(trimmed)) == []
+        for thread, status in ((summarized, with_summaries), (trimmed, without)):
+            archive = roles.read_archive(client, thread.thread_id, status)
+            assert len(archive["messages"]) == status["archived"] and archive["forgotten"] == 0
+            assert texts(archive["messages"][:2]) == ["My name is Alice.", "Nice to meet you, Alice!"]
+        # Pages of ~64 KB: a signal loads one page, not the whole archive (a page holds more only with one batch).
+        assert archive["pages"] > 1 and all(size < 2 * sample.ARCHIVE_PAGE_BYTES for _, _, size in without["archive"])
 
     @pytest.mark.timeout(60)
     def test_a_declined_tool_call_never_runs_and_the_agent_says_so(
@@ -900,15 +924,17 @@ def test_the_client_says_once_that_it_waits_for_a_worker_then_continues_the_thre
 @pytest.mark.timeout(120)
 def test_the_lesson_works_copied_alone(tmp_path: Path, offline_model: OfflineModelServer) -> None:
     """A reader copies the script's orchestrations, activity and client class, and from the plumbing module the
-    worker's `AgentTurns`, the archive entity and `new_worker`; a two-turn conversation and an approval run alone."""
+    worker's `AgentTurns`, the archive page entity, `new_worker` and the archive reader; a two-turn conversation
+    and an approval run alone."""
     lesson = [
         "INSTRUCTIONS", "USER_TURN", "APPROVAL", "HISTORY", "MAX_TURN_CHARS", "RECENT_TURNS", "REMEMBERED_TURN_IDS",
         "SESSION_JSON_BYTES", "SCHEDULER_MESSAGE_LIMIT_BYTES", "IDENTIFIER", "COUNTERS", "ENDED", "QUEUED", "LOST",
-        "ThreadError", "InvalidThreadInput", "book_flight", "take_turn", "thread_orchestrator",
-        "approval_orchestrator", "thread_status", "Reply", "OrchestratedThread", "check_step_size",
+        "ARCHIVE_PAGE_BYTES", "ARCHIVE_PAGES", "ThreadError", "InvalidThreadInput", "book_flight", "take_turn",
+        "thread_orchestrator", "send_to_archive", "approval_orchestrator", "thread_status", "Reply",
+        "OrchestratedThread", "check_step_size",
     ]  # fmt: skip
     line = "from copied import ThreadError, approval_orchestrator, take_turn, thread_orchestrator"
-    hosting = ["ARCHIVE_BUDGET_BYTES", "AgentTurns", "thread_archive", "new_worker", "read_archive"]
+    hosting = ["AgentTurns", "thread_archive", "new_worker", "read_archive", "read_page"]
     plumbing = standalone_source(ROLES, hosting).replace("\n\n", f"\n{line}\n\n", 1)  # after `from __future__`
     (tmp_path / "thread_worker.py").write_text(plumbing, encoding="utf-8")
     body = STANDALONE_BODY.replace("MODEL_URL", offline_model.base_url).replace("MODEL_NAME", OFFLINE_MODEL_NAME)
