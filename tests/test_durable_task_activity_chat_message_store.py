@@ -273,11 +273,11 @@ def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: Scr
     assert all(line.endswith((".", "!", "?", "...", ")]")) for line in table), table  # no word cut in half
 
 
-def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
-    helped = run_script(SCRIPT, "--help", timeout=30)
+def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script_here: ScriptRunner) -> None:
+    helped = run_script_here(SCRIPT, "--help")
     assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
     assert "--timeout SECONDS" in helped.stdout
-    refused = run_script(SCRIPT, "--role", "both", timeout=30)
+    refused = run_script_here(SCRIPT, "--role", "both")
     assert refused.returncode == 2 and "invalid choice: 'both'" in refused.stderr
 
 

@@ -550,9 +550,9 @@ def test_without_a_worker_a_read_fails_with_a_clear_error_instead_of_hanging(cli
 
 @pytest.mark.timeout(60)
 def test_client_role_without_a_worker_says_it_waits_then_fails_in_one_line_naming_the_worker_command(
-    scheduler_endpoint: str, run_script: ScriptRunner
+    scheduler_endpoint: str, run_script_here: ScriptRunner
 ) -> None:
-    result = run_script(SCRIPT, "--role", "client", "--timeout", "3", timeout=50)
+    result = run_script_here(SCRIPT, "--role", "client", "--timeout", "2")  # it says it waits after 1 s
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.count("Waiting for a worker with chat_history_orchestrator") == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: session 'alice-")
@@ -563,7 +563,8 @@ def test_client_role_without_a_worker_says_it_waits_then_fails_in_one_line_namin
 def test_the_demo_with_its_worker_in_a_separate_process_replaced_between_writes(
     scheduler_endpoint: str, client: TaskHubGrpcClient
 ) -> None:
-    """A write raised while no worker runs is kept by the scheduler and applied once a worker is back."""
+    """A write raised while no worker runs is kept by the scheduler and applied once a worker is back; then the demo's
+    client against that worker process: recall after a restart, a retry stored once, whole exchanges trimmed."""
     session_id = unique("replaced-worker")
     store = DurableTaskChatMessageStore(client)
 
@@ -585,36 +586,7 @@ def test_the_demo_with_its_worker_in_a_separate_process_replaced_between_writes(
         stop_worker_process(worker)
         client.terminate_orchestration(f"chat-history-{session_id}", recursive=False)
     assert seen["recall"] == ["Your name is Alice.", "You live in Paris."]
-    assert "Alice" not in seen["control"]
-    assert seen["retried"] == "Your favorite drink is tea."
-    assert seen["status"]["duplicate_writes"] == 1
-
-
-def test_worker_role_without_a_configured_scheduler_is_a_one_line_error(run_script: ScriptRunner) -> None:
-    result = run_script(SCRIPT, "--role", "worker", timeout=30, env={"DTS_ENDPOINT": ""})  # blank counts as unset
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: --role worker needs DTS_ENDPOINT") and result.stderr.count("\n") == 1
-
-
-def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
-    helped = run_script(SCRIPT, "--help", timeout=30)
-    assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
-    assert "--timeout SECONDS" in helped.stdout and "seconds a read waits for the worker (30)" in helped.stdout
-    refused = run_script(SCRIPT, "--colour", timeout=30)
-    assert refused.returncode == 2 and "unrecognized arguments: --colour" in refused.stderr
-
-
-# --- The whole demo, in-process and as a reader runs it; the copy-paste check ---------------------------------------
-
-
-@pytest.mark.timeout(90)
-def test_main_recalls_after_a_restart_stores_a_retry_once_and_trims_whole_exchanges(
-    scheduler_endpoint: str, scheduler: SchedulerBackend
-) -> None:
-    with store_worker(scheduler, DurableTaskChatMessageStore.register):
-        seen = asyncio.run(sample.main(role="client"))
-    assert seen["recall"] == ["Your name is Alice.", "You live in Paris."]
-    assert seen["control"].startswith("I don't know your name")
+    assert "Alice" not in seen["control"] and seen["control"].startswith("I don't know your name")
     assert seen["retried"] == "Your favorite drink is tea."
     held = [message["contents"][0]["text"] for message in seen["status"]["messages"]]
     assert held.count("My favorite drink is tea.") == 1 and len(held) == 13  # 6 turns of 2, and the note once
@@ -623,6 +595,23 @@ def test_main_recalls_after_a_restart_stores_a_retry_once_and_trims_whole_exchan
     # The small store kept the latest exchanges: it still knows where Alice lives, no longer her name.
     assert seen["small"][3] == "You live in Paris." and seen["small"][4].startswith("I don't know your name")
     assert seen["small_status"]["trimmed"] == 6 and seen["small_status"]["messages"][0]["role"] == "user"
+
+
+def test_worker_role_without_a_configured_scheduler_is_a_one_line_error(run_script_here: ScriptRunner) -> None:
+    result = run_script_here(SCRIPT, "--role", "worker", env={"DTS_ENDPOINT": ""})  # blank counts as unset
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: --role worker needs DTS_ENDPOINT") and result.stderr.count("\n") == 1
+
+
+def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script_here: ScriptRunner) -> None:
+    helped = run_script_here(SCRIPT, "--help")
+    assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
+    assert "--timeout SECONDS" in helped.stdout and "seconds a read waits for the worker (30)" in helped.stdout
+    refused = run_script_here(SCRIPT, "--colour")
+    assert refused.returncode == 2 and "unrecognized arguments: --colour" in refused.stderr
+
+
+# --- The whole demo as a reader runs it; the copy-paste check -------------------------------------------------------
 
 
 @pytest.mark.timeout(90)

@@ -234,9 +234,9 @@ def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: Scr
     assert "Ended the demo's thread orchestration" in out
 
 
-def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script: ScriptRunner) -> None:
-    helped = run_script(SCRIPT, "--help", timeout=30)
+def test_help_runs_nothing_and_an_unknown_flag_is_refused(run_script_here: ScriptRunner) -> None:
+    helped = run_script_here(SCRIPT, "--help")
     assert helped.returncode == 0 and "--role {all,worker,client}" in helped.stdout and "Backends:" not in helped.stdout
     assert "--timeout SECONDS" in helped.stdout
-    refused = run_script(SCRIPT, "--agents", "3", timeout=30)
+    refused = run_script_here(SCRIPT, "--agents", "3")
     assert refused.returncode == 2 and "unrecognized arguments" in refused.stderr

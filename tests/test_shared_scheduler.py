@@ -1,9 +1,10 @@
 """All four durable samples' workers on one scheduler process, the way a reader following the README runs them.
 
-One `python -m sample_support.serve_scheduler` process; the `--role worker` of every durable sample running at
-once against it; then each sample's `--role client`. A worker receives only the orchestrations and activities it
-registered (work item filters), so no sample's orchestration is failed by another sample's worker
-("orchestrator was not registered"). The model is this test process's offline model.
+One `python -m sample_support.serve_scheduler` process; the `--role worker` processes of every durable sample
+running at once against it (started and stopped together); then each sample's `--role client`, run in this process
+(`run_script_inline`: what the test is about is where the workers run, not the clients). A worker receives only the
+orchestrations and activities it registered (work item filters), so no sample's orchestration is failed by another
+sample's worker ("orchestrator was not registered"). The model is this test process's offline model.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from durabletask.client import OrchestrationQuery, OrchestrationStatus
 
 from sample_support import SchedulerBackend
 from sample_support.offline_model import OFFLINE_MODEL_NAME, OfflineModelServer
-from tests.conftest import REPO_DIR, run_script_process, start_worker_process, stop_worker_process, unique
+from tests.conftest import REPO_DIR, run_script_inline, start_worker_process, stop_worker_process, unique
 from tests.local_servers import start_child, stop_child
 
 DURABLE_SAMPLES = (
@@ -60,22 +62,25 @@ def client_arguments(script: str) -> list[str]:
     return []
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(300)
 def test_every_durable_samples_worker_shares_one_scheduler(scheduler_process: SchedulerBackend) -> None:
     assert scheduler_process.is_embedded  # the README's scheduler, reached through DTS_ENDPOINT
-    workers: list[subprocess.Popen[str]] = []
-    try:
-        for script in DURABLE_SAMPLES:  # all four run at once from here on
-            workers.append(start_worker_process(script))
-        for script in DURABLE_SAMPLES:
-            result = run_script_process(script, "--role", "client", *client_arguments(script), timeout=240)
-            assert result.returncode == 0, f"{script} --role client:\n{result.stdout}\n{result.stderr}"
-            assert "Traceback" not in result.stderr, result.stderr
-        for process in workers:
-            stop_worker_process(process)  # SIGTERM: exit 0, no traceback
-    finally:
-        for process in workers:
-            stop_child(process)
+    with ThreadPoolExecutor(len(DURABLE_SAMPLES)) as pool:
+        starting: list[Future[subprocess.Popen[str]]] = [
+            pool.submit(start_worker_process, script) for script in DURABLE_SAMPLES
+        ]
+        try:
+            workers = [each.result() for each in starting]  # all four run at once from here on
+            for script in DURABLE_SAMPLES:
+                result = run_script_inline(script, "--role", "client", *client_arguments(script))
+                assert result.returncode == 0, f"{script} --role client:\n{result.stdout}\n{result.stderr}"
+                assert "Traceback" not in result.stderr, result.stderr
+                assert "Your name is Alice." in result.stdout  # recalled: each sample's history was kept
+            list(pool.map(stop_worker_process, workers))  # SIGTERM to all at once: each exits 0, no traceback
+        finally:
+            for each in starting:
+                if each.exception() is None:
+                    stop_child(each.result())
 
     client = scheduler_process.client()
     try:
