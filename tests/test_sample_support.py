@@ -790,10 +790,11 @@ def test_serve_scheduler_rejects_a_port_out_of_range(port: str) -> None:
 def test_the_first_make_says_what_it_installs_before_pip_runs() -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    # -n prints the install recipe without running it; -W pretends requirements.txt changed.
-    result = run_child(
-        ["make", "-n", "-W", "requirements.txt", ".venv/.installed"], timeout=30, cwd=REPO_DIR, text=True
-    )
+    # -n prints the install recipe without running it; -W pretends requirements.txt changed. Under `make test`
+    # (CI) this make is a sub-make: without the parent's variables it prints no "Entering directory" line.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    command = ["make", "--no-print-directory", "-n", "-W", "requirements.txt", ".venv/.installed"]
+    result = run_child(command, timeout=30, cwd=REPO_DIR, text=True, env=env)
     commands = result.stdout.splitlines()
     assert result.returncode == 0 and commands[0].startswith('echo "Creating .venv and installing requirements.txt')
     assert any("pip install" in command for command in commands[1:])
