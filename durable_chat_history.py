@@ -220,5 +220,5 @@ class ChatHistory:
         annotate_message_groups(messages)
         strategy = SummarizationStrategy(client=chat_client, target_count=1, threshold=0, max_summary_input_tokens=None)
         if not await strategy(messages):  # the model failed or wrote nothing (the strategy logs why)
-            raise ChatHistoryError(f"no summary of {len(records)} message(s) was written")
+            raise ChatHistoryError(f"no summary of {len(records)} message(s) was written (the worker's log says why)")
         return messages[0].text  # the strategy puts the summary where the summarised messages began
