@@ -2,17 +2,18 @@
 
 `ChatHistory` wraps the state a chat history orchestration carries across continue-as-new (a JSON dict) and the steps
 its orchestrator applies to each append event: recognise a retried write, keep each message once, refuse a record
-this version cannot read, append, and drop whole oldest exchanges past a byte budget. It runs inside orchestrators,
-so it is deterministic: no I/O, no clock. durable_task_chat_message_store.py shows the store and its orchestrator;
-durable_task_activity_chat_message_store.py adds a metadata row per message. Copy this module beside them.
+this version cannot read, append, and past a byte budget summarise (an option) or drop whole oldest exchanges. It
+runs inside orchestrators, so it is deterministic (no I/O, no clock), except `summarize`, the summary activity's body.
+Copy this module beside durable_task_chat_message_store.py or durable_task_activity_chat_message_store.py.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from agent_framework import Message
+from agent_framework import Message, SummarizationStrategy, SupportsChatGetResponse, annotate_message_groups
 from durabletask import task
 
 SCHEMA_VERSION = 1  # of the orchestration's state: a store refuses a state it does not know
@@ -38,19 +39,24 @@ class ChatHistory:
     """The orchestration's state (a JSON dict carried across continue-as-new) and the steps applied to it.
 
     Rows are parallel lists, `messages` first (the activity store adds `metadata`). `bytes` is the kept rows'
-    running size: an append sizes only its new rows, a trim only the rows it drops.
+    running size: an append sizes only its new rows, a trim only the rows it drops. With `summarize`, the oldest
+    exchanges past the budget become one summary (`summary_id`, always the first message); the originals are gone.
     """
 
     APPEND_EVENT: ClassVar[str] = "append_messages"
     COUNTERS: ClassVar[tuple[str, ...]] = ("writes", "trimmed", "generation", "duplicate_writes", "duplicate_messages")
+    SUMMARY_COUNTERS: ClassVar[tuple[str, ...]] = ("summaries", "summarized", "summary_failures")
     REMEMBERED_WRITES: ClassVar[int] = 200  # a retry of one of the last 200 writes is recognised by its write id
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
 
     @classmethod
-    def new(cls, every: int, budget_bytes: int) -> dict[str, Any]:
+    def new(cls, every: int, budget_bytes: int, *, summarize: bool = False) -> dict[str, Any]:
         state = {"schema": SCHEMA_VERSION, "every": every, "budget_bytes": budget_bytes, "messages": [], "bytes": 0}
+        if summarize:
+            state |= {"summarize": True, "summary_id": None, "summary_error": None}
+            state |= dict.fromkeys(cls.SUMMARY_COUNTERS, 0)
         return {**state, **dict.fromkeys(cls.COUNTERS, 0), "write_ids": [], "rejected": []}
 
     @staticmethod
@@ -62,6 +68,28 @@ class ChatHistory:
         """Shaped like a record `save_messages` sends (`Message.to_dict()` with a message id); cheap, for every read."""
         kinds = {"role": str, "message_id": str, "contents": list}
         return isinstance(message, dict) and all(isinstance(message.get(key), kind) for key, kind in kinds.items())
+
+    @classmethod
+    def records(cls, session_id: str | None, messages: Sequence[Message], write_id: str, budget: int) -> list[Any]:
+        """One write's records; a message without an id is named after the write (a retry reuses the same ids)."""
+        records = [{**m.to_dict(), "message_id": m.message_id or f"{write_id}-{i}"} for i, m in enumerate(messages)]
+        if (size := cls.size(records)) > budget:
+            raise HistoryTooLarge(
+                f"session {session_id!r}: {len(records)} message(s) of {size:,} bytes do not fit in the history "
+                f"budget of {budget:,} bytes: nothing was stored"
+            )
+        return records
+
+    @classmethod
+    def checked(cls, where: str, status: Any) -> Any:
+        """A published status this version reads (None before the first publish); otherwise an error saying where."""
+        found = status.get("schema") if isinstance(status, dict) else status
+        if status is not None and found != SCHEMA_VERSION:
+            raise ChatHistoryError(f"{where}: the history has schema {found!r}, this store reads {SCHEMA_VERSION}")
+        lists = [status.get(key) for key in ("messages", "write_ids", "rejected")] if status else [[]] * 3
+        if not all(isinstance(value, list) for value in lists) or not all(map(cls.is_record, lists[0])):
+            raise ChatHistoryError(f"{where}: the stored history is corrupt (changed outside this store?)")
+        return status
 
     @staticmethod
     def to_messages(session_id: str | None, records: list[dict[str, Any]]) -> list[Message]:
@@ -109,7 +137,13 @@ class ChatHistory:
         self.state["write_ids"] = [*self.state["write_ids"], write_id][-self.REMEMBERED_WRITES :]
 
     def append(self, write_id: str, columns: dict[str, list[Any]]) -> bool:
-        """Append one write's rows, then drop whole oldest exchanges past the budget; False if it is refused."""
+        """Add one write's rows, then drop whole oldest exchanges past the budget; False if it is refused."""
+        if added := self.add(write_id, columns):
+            self.trim(columns)
+        return added
+
+    def add(self, write_id: str, columns: dict[str, list[Any]]) -> bool:
+        """Add one write's rows (the history may pass its budget until `trim`); False if it is refused."""
         state, budget = self.state, self.state["budget_bytes"]
         if (size := self.size(columns)) > budget:
             self.reject(
@@ -121,19 +155,70 @@ class ChatHistory:
         state["bytes"] += sum(self.size(list(row)) for row in zip(*columns.values(), strict=True))
         state["writes"] += 1
         state["write_ids"] = [*state["write_ids"], write_id][-self.REMEMBERED_WRITES :]
-        # Own code, not the framework's compaction: the limit is gRPC bytes, and this trims an orchestration's
-        # state deterministically, not `Message` objects in an agent run. A cut lands on a user message (whole
-        # exchanges), else on a message that is not a tool result, so a result never loses its call.
-        messages, cut = state["messages"], 0
-        while state["bytes"] > budget:
-            later = range(cut + 1, len(messages))
+        return True
+
+    def trim(self, names: Iterable[str] = ("messages",)) -> None:
+        """Drop whole oldest exchanges past the budget; a summary at the head goes last."""
+        state, budget, messages = self.state, self.state["budget_bytes"], self.state["messages"]
+        start = int(bool(messages) and messages[0]["message_id"] == state.get("summary_id"))
+        cut, dropped = self._cut(names, budget, start)
+        if start and state["bytes"] - dropped > budget:  # the summary leaves no room for the newest exchange
+            start, (cut, dropped) = 0, self._cut(names, budget, 0)
+        for name in names:
+            del state[name][start:cut]
+        state["bytes"] -= dropped
+        state["trimmed"] += cut - start
+
+    def _cut(self, names: Iterable[str], limit: int, start: int, stop: int | None = None) -> tuple[int, int]:
+        """Where the oldest exchanges from `start` (to `stop`) end so that the rest fits in `limit` bytes; their size.
+        Own code, not the framework's compaction: the limit is gRPC bytes, and this cuts an orchestration's state
+        deterministically. A cut lands on a user message (whole exchanges), else on one that is not a tool result."""
+        messages, cut, dropped = self.state["messages"], start, 0
+        while self.state["bytes"] - dropped > limit:
+            later = range(cut + 1, len(messages) if stop is None else stop + 1)
             next_cut = next((i for i in later if messages[i]["role"] == "user"), None)
             next_cut = next_cut or next((i for i in later if messages[i]["role"] != "tool"), None)
             if next_cut is None:
                 break
-            state["bytes"] -= sum(self.size([state[name][i] for name in columns]) for i in range(cut, next_cut))
+            dropped += sum(self.size([self.state[name][i] for name in names]) for i in range(cut, next_cut))
             cut = next_cut
-        for name in columns:
-            del state[name][:cut]
-        state["trimmed"] += cut
-        return True
+        return cut, dropped
+
+    def to_summarize(self, keep: int) -> list[dict[str, Any]]:
+        """With `summarize` and the history past its budget: the oldest whole exchanges (the earlier summary first),
+        never the newest `keep` messages, whose summary leaves half the budget for the rest and the next writes."""
+        state, messages = self.state, self.state["messages"]
+        if not state.get("summarize") or state["bytes"] <= state["budget_bytes"]:
+            return []
+        return messages[: self._cut(["messages"], state["budget_bytes"] // 2, 0, len(messages) - keep)[0]]
+
+    def summarized(self, write_id: str, replaced: int, text: str) -> None:
+        """Replace the oldest `replaced` messages by the summary, unless it does not fit (then `trim` drops them)."""
+        state, messages = self.state, self.state["messages"]
+        summary = {**Message("assistant", [text]).to_dict(), "message_id": f"summary-{write_id}"}
+        size, freed = self.size([summary]), sum(self.size([message]) for message in messages[:replaced])
+        if state["bytes"] - freed + size > state["budget_bytes"]:
+            return self.summary_failed(f"a summary of {size:,} bytes leaves the history over its budget")
+        earlier = int(messages[0]["message_id"] == state["summary_id"])
+        messages[:replaced] = [summary]
+        state["bytes"] += size - freed
+        state["summaries"] += 1
+        state["summarized"] += replaced - earlier
+        state["summary_id"] = summary["message_id"]
+
+    def summary_failed(self, reason: str) -> None:
+        """Count a summary that was not written; the write is kept and `trim` drops the oldest exchanges instead."""
+        self.state["summary_failures"] += 1
+        self.state["summary_error"] = reason
+
+    @staticmethod
+    async def summarize(chat_client: SupportsChatGetResponse[Any], records: list[dict[str, Any]]) -> str:
+        """The summary activity's body: the framework's `SummarizationStrategy` (its prompt) over the records."""
+        messages = [Message.from_dict(record) for record in records]
+        # The strategy always keeps the newest group: this placeholder stands for the history that stays.
+        messages.append(Message("user", ["(the conversation continues)"]))
+        annotate_message_groups(messages)
+        strategy = SummarizationStrategy(client=chat_client, target_count=1, threshold=0, max_summary_input_tokens=None)
+        if not await strategy(messages):  # the model failed or wrote nothing (the strategy logs why)
+            raise ChatHistoryError(f"no summary of {len(records)} message(s) was written (the worker's log says why)")
+        return messages[0].text  # the strategy puts the summary where the summarised messages began

@@ -1,10 +1,10 @@
 """A chat message store whose history lives in a Durable Task orchestration, one per session.
 
-`save_messages` raises an event; `chat_history_orchestrator` appends the messages (a write or message id it holds
-already is skipped: delivery is at least once), drops whole oldest exchanges past a byte budget, publishes the
-history as its custom status and continues-as-new every few writes; `get_messages` reads that status back once
-this store's own writes are in it. The orchestration's state and the errors live in durable_chat_history.py, shared
-with the activity store; the other durable samples import `DurableTaskChatMessageStore` from here.
+`save_messages` raises an event; `chat_history_orchestrator` appends the messages (a retried write or a message it
+holds is skipped), drops whole oldest exchanges past a byte budget (or, with `summarize=True`, has the
+`summarize_history` activity replace them by one summary), publishes the history as its custom status and
+continues-as-new every few writes; `get_messages` reads that status once this store's writes are in it. The state
+and the errors live in durable_chat_history.py (shared with the activity store).
 
 Run it: python durable_task_chat_message_store.py [--role all|worker|client] [--timeout SECONDS]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
@@ -20,21 +21,20 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import grpc
-from agent_framework import Agent, AgentSession, HistoryProvider, Message
+from agent_framework import Agent, AgentSession, HistoryProvider, Message, SupportsChatGetResponse
 from agent_framework.openai import OpenAIChatCompletionClient
 from durabletask import task
 from durabletask.client import OrchestrationState, OrchestrationStatus, TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
 from durable_chat_history import (
-    SCHEMA_VERSION,
     ChatHistory,
     ChatHistoryError,
     HistoryTimeout,
     HistoryTooLarge,
     InvalidArgument,
 )
-from sample_support import ModelBackend, SchedulerBackend, run_sample
+from sample_support import ModelBackend, SchedulerBackend, run_sample, select_model
 from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
 
 ENDED = (OrchestrationStatus.COMPLETED, OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
@@ -46,8 +46,14 @@ def chat_history_orchestrator(ctx: task.OrchestrationContext, state: dict[str, A
     history.publish(ctx)  # the status reads None after a continue-as-new until the new run sets it
     for _ in range(state["every"]):
         write = yield ctx.wait_for_external_event(ChatHistory.APPEND_EVENT)
-        if (fresh := history.new_messages(write)) is not None:
-            history.append(write["write_id"], {"messages": fresh})
+        if (fresh := history.new_messages(write)) is not None and history.add(write["write_id"], {"messages": fresh}):
+            if older := history.to_summarize(keep=len(fresh)):  # summarize=True and past the budget
+                try:  # the model is called in an activity: an orchestrator does no I/O
+                    summary = yield ctx.call_activity("summarize_history", input=older)  # see `register`
+                    history.summarized(write["write_id"], len(older), summary)
+                except task.TaskFailedError as error:  # the write is kept; `trim` drops the exchanges instead
+                    history.summary_failed(f"the summary activity failed: {error.details.message}")
+            history.trim()
         history.publish(ctx)
     state["generation"] += 1
     ctx.continue_as_new(state, save_events=True)  # save_events: appends raised during the restart are kept
@@ -57,8 +63,10 @@ class DurableTaskChatMessageStore(HistoryProvider):
     """A history provider that keeps each session's history in a Durable Task orchestration.
 
     `register(worker)` adds the orchestrator to a worker; then use the store like any history provider. A session's
-    budget and interval are fixed when its orchestration starts. `on_waiting(what)`: once per read that waits 1 s.
-    """
+    budget, interval and `summarize` are fixed when its orchestration starts. With `summarize=True` the oldest
+    exchanges past the budget become one summary (the earlier one included; the originals are gone); a summary that
+    fails or does not fit is counted (`summary_failures`, `summary_error`) and they are dropped instead.
+    `on_waiting(what)`: once per read that waits 1 s."""
 
     DEFAULT_SOURCE_ID: ClassVar[str] = "durable_task"
     orchestrator_name: ClassVar[str] = "chat_history_orchestrator"
@@ -75,6 +83,7 @@ class DurableTaskChatMessageStore(HistoryProvider):
         read_timeout: float = 30.0,
         on_waiting: Callable[[str], None] | None = None,
         source_id: str | None = None,
+        summarize: bool = False,
     ) -> None:
         super().__init__(source_id or self.DEFAULT_SOURCE_ID)
         sizes = (writes_per_generation, history_budget_bytes)
@@ -83,24 +92,33 @@ class DurableTaskChatMessageStore(HistoryProvider):
                 f"writes_per_generation ({writes_per_generation!r}) and history_budget_bytes ({history_budget_bytes!r})"
                 f" must be positive integers, read_timeout ({read_timeout!r}) a positive number of seconds"
             )
-        # The largest work item a worker replays: the generation's input, each write since, and the status.
-        worst = history_budget_bytes * (2 + writes_per_generation * self.copies_per_write)
+        # The largest work item a worker replays: the generation's input, each write (and summary) since, the status.
+        worst = history_budget_bytes * (2 + writes_per_generation * (self.copies_per_write + 2 * summarize))
         if worst > self.message_limit_bytes:
             raise InvalidArgument(
                 f"a history budget of {history_budget_bytes:,} bytes with continue-as-new every {writes_per_generation}"
                 f" writes can put {worst:,} bytes in a scheduler message (over {self.message_limit_bytes:,}): lower one"
             )
         self.client, self.on_waiting, self.read_timeout = client, on_waiting, read_timeout
-        self.writes_per_generation, self.history_budget_bytes = sizes
+        self.writes_per_generation, self.history_budget_bytes, self.summarize = (*sizes, summarize)
         self._unconfirmed: dict[str, set[str]] = {}  # instance id -> write ids not yet seen in its status; started
 
     @classmethod
-    def register(cls, worker: TaskHubGrpcWorker) -> None:
-        """Add the store's orchestrator to a worker (before `worker.start()`)."""
+    def register(cls, worker: TaskHubGrpcWorker, *, summarizer: SupportsChatGetResponse[Any] | None = None) -> None:
+        """Add the store's orchestrator to a worker (before `worker.start()`); with `summarizer` (a chat client), also
+        the `summarize_history` activity stores with `summarize=True` need. Call it on the event loop the chat client
+        runs on: each summary runs there, so keep that loop running until `worker.stop()` has returned."""
         worker.add_orchestrator(chat_history_orchestrator)
+        if summarizer is not None:
+            loop = asyncio.get_running_loop()  # the activity runs on a worker thread; the client lives on this loop
+
+            def summarize_history(ctx: task.ActivityContext, records: list[dict[str, Any]]) -> str:
+                return asyncio.run_coroutine_threadsafe(ChatHistory.summarize(summarizer, records), loop).result()
+
+            worker.add_activity(summarize_history)
 
     def initial_state(self) -> dict[str, Any]:
-        return ChatHistory.new(self.writes_per_generation, self.history_budget_bytes)
+        return ChatHistory.new(self.writes_per_generation, self.history_budget_bytes, summarize=self.summarize)
 
     def instance_id(self, session_id: str | None) -> str:
         """The session's orchestration; ids are percent-encoded, so each id gets an instance of its own."""
@@ -120,14 +138,7 @@ class DurableTaskChatMessageStore(HistoryProvider):
     ) -> None:
         """Raise one append event; pass the same `write_id` again to retry a write safely."""
         instance_id, write_id = self.instance_id(session_id), write_id or uuid.uuid4().hex
-        # The orchestrator de-duplicates by message id; a retried write reuses the same ids.
-        records = [{**m.to_dict(), "message_id": m.message_id or f"{write_id}-{i}"} for i, m in enumerate(messages)]
-        if (size := ChatHistory.size(records)) > self.history_budget_bytes:
-            raise HistoryTooLarge(
-                f"session {session_id!r}: {len(records)} message(s) of {size:,} bytes do not fit in the history "
-                f"budget of {self.history_budget_bytes:,} bytes: nothing was stored"
-            )
-        if records:
+        if records := ChatHistory.records(session_id, messages, write_id, self.history_budget_bytes):
             if instance_id not in self._unconfirmed:  # this store's first write to the session: start its history
                 await self._start(session_id, instance_id)
             data = {"write_id": write_id, "messages": records}
@@ -153,10 +164,8 @@ class DurableTaskChatMessageStore(HistoryProvider):
         return ChatHistory.to_messages(session_id, status["messages"]) if status else []
 
     async def read_status(self, session_id: str | None) -> dict[str, Any] | None:
-        """The custom status once every write this store sent is in it; None if the session was never written.
-
-        Raises `HistoryTooLarge` for a write the orchestration refused and `HistoryTimeout` after `read_timeout`.
-        """
+        """The custom status once every write this store sent is in it (None: the session was never written); raises
+        `HistoryTooLarge` for a write the orchestration refused and `HistoryTimeout` after `read_timeout`."""
         instance_id = self.instance_id(session_id)
         awaited = frozenset(self._unconfirmed.get(instance_id, ()))  # writes sent meanwhile are the next read's
         started, delay, noticed = time.monotonic(), 0.005, False
@@ -192,14 +201,7 @@ class DurableTaskChatMessageStore(HistoryProvider):
             raise ChatHistoryError(f"{where} is a {state.name!r} orchestration, not a {self.orchestrator_name} history")
         if state is None or state.runtime_status in ENDED:
             raise ChatHistoryError(f"{where}: the history has ended or no longer exists")
-        status = state.get_custom_status()  # JSON: it is this store's orchestrator that set it
-        found = status.get("schema") if isinstance(status, dict) else status
-        if status is not None and found != SCHEMA_VERSION:
-            raise ChatHistoryError(f"{where}: the history has schema {found!r}, this store reads {SCHEMA_VERSION}")
-        lists = [status.get(key) for key in ("messages", "write_ids", "rejected")] if status else [[]] * 3
-        if not all(isinstance(value, list) for value in lists) or not all(map(ChatHistory.is_record, lists[0])):
-            raise ChatHistoryError(f"{where}: the stored history is corrupt (changed outside this store?)")
-        return status
+        return ChatHistory.checked(where, state.get_custom_status())  # JSON: this store's orchestrator set it
 
 
 def new_agent(chat_client: OpenAIChatCompletionClient, store: DurableTaskChatMessageStore) -> Agent:
@@ -212,11 +214,11 @@ async def main(role: str = "all", every: int = 4, budget: int = 200_000, timeout
     """The conversation below, returning what it saw; `--role` says where it and the store's worker run."""
     seen: dict[str, Any] = {}
 
-    async def conversation(scheduler: SchedulerBackend, model: ModelBackend) -> None:
-        alice, control, small_id = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("alice", "control", "small"))
-        on_waiting = waiting_notice(SCRIPT)
-        options: dict[str, Any] = {"writes_per_generation": every, "read_timeout": timeout, "on_waiting": on_waiting}
-        chat_client = OpenAIChatCompletionClient(**model.client_kwargs())
+    async def conversation(scheduler: SchedulerBackend, _: ModelBackend) -> None:
+        ids = [f"{name}-{uuid.uuid4().hex[:8]}" for name in ("alice", "control", "small", "summarized")]
+        alice, control, small_id, summarized_id = ids
+        options: dict[str, Any] = {"writes_per_generation": every, "read_timeout": timeout}
+        options["on_waiting"] = waiting_notice(SCRIPT)
         client, restarted_client = scheduler.client(), scheduler.client()
         store = DurableTaskChatMessageStore(client, history_budget_bytes=budget, **options)
         try:
@@ -253,21 +255,33 @@ async def main(role: str = "all", every: int = 4, budget: int = 200_000, timeout
             agent = new_agent(chat_client, small)
             seen["small"] = [await say(agent, small, small_id, text) for text in SMALL_TALK]
             seen["small_status"] = await small.read_status(small_id)
+
+            print("\n== 5. The same budget with summarize=True: the oldest exchanges become one summary ==")
+            summarizing = DurableTaskChatMessageStore(client, history_budget_bytes=1_200, summarize=True, **options)
+            agent = new_agent(chat_client, summarizing)
+            seen["summarized"] = [await say(agent, summarizing, summarized_id, text) for text in SMALL_TALK]
+            seen["summarized_status"] = status = await summarizing.read_status(summarized_id)
+            print(f"The history now begins with: {status['messages'][0]['contents'][0]['text']}")
         finally:
-            for each in (alice, control, small_id):  # a real history lives on; the demo leaves a shared hub tidy
+            for each in ids:  # a real history lives on; the demo leaves a shared hub tidy
                 client.terminate_orchestration(store.instance_id(each), recursive=False)
             client.close()
             restarted_client.close()
-            await chat_client.client.close()
-        print(f"\nEnded the demo's history orchestrations ({alice}, {control}, {small_id}).")
+        print(f"\nEnded the demo's history orchestrations ({', '.join(ids)}).")
 
-    register = DurableTaskChatMessageStore.register
-    await run_store_sample(role, register=register, demo=conversation, script=SCRIPT, timeout_errors=(HistoryTimeout,))
+    # One chat client, on this event loop: the agents' and the worker's (which calls the model only for summaries).
+    chat_client = OpenAIChatCompletionClient(**select_model().client_kwargs())
+    register = functools.partial(DurableTaskChatMessageStore.register, summarizer=chat_client)
+    try:
+        await run_store_sample(role, register=register, demo=conversation, script=SCRIPT, timeout_errors=TIMEOUTS)
+    finally:
+        await chat_client.client.close()  # after the worker stopped
     return seen
 
 
 # The demo's plumbing: its printing and its command line.
 SCRIPT = "durable_task_chat_message_store.py"
+TIMEOUTS = (HistoryTimeout,)
 SMALL_TALK = ("My name is Alice.", "I live in Paris.", "Tell me a joke.", "Where do I live?", "What is my name?")
 
 
@@ -275,7 +289,8 @@ async def say(agent: Agent, store: DurableTaskChatMessageStore, session_id: str,
     print(f"User: {text}")
     response = await agent.run(text, session=AgentSession(session_id=session_id))
     status = await store.read_status(session_id) or {}
-    counters = " ".join(f"{name}={status[name]:,}" for name in (*ChatHistory.COUNTERS[:-1], "bytes"))
+    names = (*ChatHistory.COUNTERS[:-1], *ChatHistory.SUMMARY_COUNTERS[:2], "bytes")
+    counters = " ".join(f"{name}={status[name]:,}" for name in names if name in status)
     print(f"Agent: {response.text}\n    [scheduler: messages={len(status['messages'])} {counters}]")
     return response.text
 

@@ -1,18 +1,20 @@
 """durable_task_chat_message_store.py (and durable_chat_history.py, its orchestration's state): read-your-writes,
-restart recall, idempotent writes, the size budget, the incremental append, ids, foreign, corrupt or newer histories
-and records, two writers at once, the copy-paste check, the script and its roles."""
+restart recall, idempotent writes, the size budget, the incremental append, summaries instead of trimming (recall, its
+negative control, a failing summarizer), ids, foreign, corrupt or newer histories and records, two writers at once,
+the copy-paste check, the script and its roles."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_framework import AgentSession, Content, Message
+from agent_framework import Agent, AgentSession, ChatResponse, Content, Message, tool
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 
 import durable_task_chat_message_store as sample
@@ -21,7 +23,8 @@ from durable_task_chat_message_store import DurableTaskChatMessageStore, chat_hi
 from sample_support import SchedulerBackend, select_model
 from sample_support.durable_worker import add_role_arguments
 from sample_support.offline_model import OfflineModelServer
-from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
+from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
+from tests.model_probe import ModelProbe
 from tests.standalone import run_standalone
 
 SCRIPT = "durable_task_chat_message_store.py"
@@ -57,6 +60,18 @@ def tool_exchange(number: int) -> list[Message]:
     ]
 
 
+def stored_tool_results_have_their_calls(records: list[dict[str, Any]]) -> bool:
+    calls = {c["call_id"] for record in records for c in record["contents"] if c["type"] == "function_call"}
+    results = [c["call_id"] for record in records for c in record["contents"] if c["type"] == "function_result"]
+    return all(call_id in calls for call_id in results)
+
+
+@tool(approval_mode="never_require")
+def get_weather(location: str) -> str:
+    """The weather at a location."""
+    return f"It is sunny in {location}."
+
+
 def every_content_type() -> list[Message]:
     """One message per content type the framework has, with author names, ids and unicode."""
     call = Content.from_function_call(call_id="call-7", name="lookup", arguments='{"q": "naïve café ☕"}')
@@ -90,6 +105,10 @@ def test_constructor_refuses_settings_that_are_not_positive_integers_or_could_pa
         with pytest.raises(InvalidArgument):
             DurableTaskChatMessageStore(client, read_timeout=bad_timeout)
     DurableTaskChatMessageStore(client, writes_per_generation=4, history_budget_bytes=200_000)
+    DurableTaskChatMessageStore(client, writes_per_generation=4, history_budget_bytes=200_000, summarize=True)
+    DurableTaskChatMessageStore(client, writes_per_generation=5, history_budget_bytes=200_000)
+    with pytest.raises(InvalidArgument, match="lower one"):  # a summary's input and result travel in the work item too
+        DurableTaskChatMessageStore(client, writes_per_generation=5, history_budget_bytes=200_000, summarize=True)
 
 
 def test_a_record_this_version_cannot_read_is_refused_with_its_whole_write() -> None:
@@ -142,6 +161,49 @@ def test_trimming_never_leaves_an_orphan_tool_result() -> None:
         assert state["messages"] == written[len(written) - len(state["messages"]) :]
         assert state["trimmed"] == len(written) - len(state["messages"])
     assert state["trimmed"] > 0
+
+
+def test_summaries_replace_whole_oldest_exchanges_and_a_failed_one_keeps_the_earlier_summary() -> None:
+    """The orchestrator's steps with summarize=True, the summaries written here: the oldest whole exchanges (the
+    earlier summary first, never the newest write) become one summary that leaves half the budget; a summary that
+    failed or does not fit is counted, the exchanges are trimmed instead, and the earlier summary stays first."""
+    budget, written = 3_000, 0
+    history = ChatHistory(ChatHistory.new(every=4, budget_bytes=budget, summarize=True))
+    state = history.state
+
+    def write(number: int, summary: str | None) -> list[dict[str, Any]]:
+        nonlocal written
+        records = [message.to_dict() for message in tool_exchange(number)]
+        written += len(records)
+        assert history.add(f"w{number}", {"messages": records})
+        if older := history.to_summarize(keep=len(records)):
+            assert older == state["messages"][: len(older)] and state["messages"][len(older)]["role"] == "user"
+            assert len(older) <= len(state["messages"]) - len(records)  # the newest write stays as it is
+            if summary is None:
+                history.summary_failed("the model is down")
+            else:
+                history.summarized(f"w{number}", len(older), summary)
+        history.trim()
+        assert state["bytes"] == sum(ChatHistory.size([row]) for row in state["messages"]) <= budget
+        assert stored_tool_results_have_their_calls(state["messages"])
+        return older
+
+    # Each exchange is 915 bytes: the 4th write passes 3,000 and a summary leaves ~1,100, so the 7th passes it again.
+    summarized = [bool(write(number, f"summary {number}")) for number in range(7)]
+    assert summarized == [False, False, False, True, False, False, True]
+    kept = len(state["messages"]) - 1
+    assert (state["summaries"], state["summary_failures"], state["trimmed"]) == (2, 0, 0)
+    assert state["messages"][0]["contents"][0]["text"] == "summary 6"
+    assert state["messages"][0]["message_id"] == state["summary_id"] == "summary-w6"
+    assert state["summarized"] == written - kept == 24  # every original no longer kept was summarised, none dropped
+    earlier = state["messages"][0]
+    for number in range(7, 11):  # the summarizer fails: whole exchanges are trimmed, the earlier summary kept
+        write(number, None)
+        assert state["messages"][0] == earlier and state["messages"][1]["role"] == "user"
+    assert state["summary_failures"] == 2 and state["trimmed"] == 8 and state["summary_error"] == "the model is down"
+    assert write(11, "x" * budget)  # a summary over the budget is not stored
+    assert state["summary_failures"] == 3 and "leaves the history over its budget" in state["summary_error"]
+    assert state["messages"][0] == earlier and state["summaries"] == 2
 
 
 def reference_trim(rows: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
@@ -223,10 +285,38 @@ def test_an_append_sizes_only_its_new_rows_and_a_replay_publishes_once(monkeypat
 # --- With a worker on the test scheduler ----------------------------------------------------------------------------
 
 
+class Summarizer:
+    """The worker's summarizer: the offline model through a real chat client, or (`failing`) a model that is down."""
+
+    def __init__(self) -> None:
+        self.chat_client, self.failing = sample.OpenAIChatCompletionClient(**select_model().client_kwargs()), False
+
+    async def get_response(self, messages: Sequence[Message], **kwargs: Any) -> ChatResponse[Any]:
+        if self.failing:
+            raise ConnectionError("the summarizer's model is down")
+        return await self.chat_client.get_response(messages, **kwargs)
+
+
 @pytest.fixture(scope="class")
-def worker(scheduler: SchedulerBackend) -> Iterator[None]:
-    with store_worker(scheduler, DurableTaskChatMessageStore.register):
-        yield
+def worker(scheduler: SchedulerBackend) -> Iterator[Summarizer]:
+    """A worker with the store's orchestrator and summary activity; the summaries run on an event loop of their own,
+    as `register` asks: the loop it is called on, running until the worker has stopped."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    summarizer, worker = Summarizer(), scheduler.worker()
+
+    async def register() -> None:
+        DurableTaskChatMessageStore.register(worker, summarizer=summarizer)
+
+    asyncio.run_coroutine_threadsafe(register(), loop).result()
+    worker.start()
+    yield summarizer
+    worker.stop()
+    asyncio.run_coroutine_threadsafe(summarizer.chat_client.client.close(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
 
 
 @pytest.mark.usefixtures("worker")
@@ -361,6 +451,96 @@ class TestWithAWorker:
             assert status["trimmed"] > 0
 
         asyncio.run(scenario())
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("summarize", [True, False])
+    def test_with_summaries_a_fact_told_first_is_recalled_long_after_it_left_the_budget(
+        self, client: TaskHubGrpcClient, offline_model: ModelProbe, summarize: bool
+    ) -> None:
+        """Through a real agent with a tool: the name told first, then turns that push the history past 2,000 bytes
+        again and again. With summaries the name survives only in the summary (its message is gone); without them
+        (the negative control) it is forgotten. The strict offline endpoint sees no tool result without its call."""
+        session_id, budget = unique("summaries" if summarize else "trimmed"), 2_000
+        turns = ["My name is Alice.", "I live in Paris.", "What is the weather in Seattle?", "Tell me a joke."]
+        turns += ["My favorite color is blue.", "What is the weather in Oslo?", "Where do I live?"] * 2
+        summaries_before, calls_before = len(offline_model.summaries_written()), len(offline_model.tool_calls_emitted())
+
+        async def scenario() -> tuple[str, dict[str, Any]]:
+            chat_client = sample.OpenAIChatCompletionClient(**select_model().client_kwargs())
+            store = DurableTaskChatMessageStore(client, history_budget_bytes=budget, summarize=summarize)
+            agent = Agent(client=chat_client, tools=[get_weather], context_providers=[store])
+            try:
+                for text in turns:
+                    await agent.run(text, session=AgentSession(session_id=session_id))
+                    status = await store.read_status(session_id)
+                    assert status is not None and status["bytes"] <= budget
+                    assert stored_tool_results_have_their_calls(status["messages"])
+                answer = await agent.run("What is my name?", session=AgentSession(session_id=session_id))
+                return answer.text, await store.read_status(session_id) or {}
+            finally:
+                await chat_client.client.close()
+
+        answer, status = asyncio.run(scenario())
+        texts = [content.get("text") for message in status["messages"] for content in message["contents"]]
+        assert "My name is Alice." not in texts  # the message that told it left the history long ago
+        assert status["writes"] == len(turns) + 1 and status["rejected"] == []
+        places = [arguments["location"] for _, arguments in offline_model.tool_calls_emitted()[calls_before:]]
+        assert places == ["Seattle", "Oslo", "Oslo"]  # the tool really ran: call and result were stored
+        summaries = offline_model.summaries_written()[summaries_before:]
+        if summarize:
+            assert answer == "Your name is Alice."
+            assert status["summaries"] >= 2 and status["summary_failures"] == 0 and status["trimmed"] == 0
+            assert len(summaries) == status["summaries"]
+            assert all("the user's name is Alice" in summary for summary in summaries)
+            assert status["messages"][0]["contents"][0]["text"] == summaries[-1]
+            assert status["summarized"] > 10
+        else:
+            assert answer.startswith("I don't know your name") and summaries == []
+            assert "summaries" not in status and status["trimmed"] > 10
+
+    @pytest.mark.timeout(60)
+    def test_a_failing_summarizer_falls_back_to_trimming_and_the_earlier_summary_carries_on(
+        self, client: TaskHubGrpcClient, worker: Summarizer
+    ) -> None:
+        session_id, budget = unique("failing-summarizer"), 1_500
+        store = DurableTaskChatMessageStore(
+            client, writes_per_generation=3, history_budget_bytes=budget, summarize=True
+        )
+        count = 0
+
+        async def exchange(text: str) -> dict[str, Any]:
+            nonlocal count
+            count += 1
+            said = [
+                Message("user", [text], message_id=f"u{count}"),
+                Message("assistant", ["Noted."], message_id=f"a{count}"),
+            ]
+            await store.save_messages(session_id, said)
+            return await store.read_status(session_id) or {}
+
+        async def scenario() -> None:
+            status = await exchange("My name is Alice.")
+            while status["summaries"] == 0:
+                status = await exchange(f"Note {count}.")
+            earlier = status["messages"][0]
+            assert "the user's name is Alice" in earlier["contents"][0]["text"]
+            worker.failing = True
+            try:
+                for _ in range(6):
+                    status = await exchange(f"Note {count}.")
+            finally:
+                worker.failing = False
+            assert status["summary_failures"] >= 1 and status["trimmed"] > 0 and status["summaries"] == 1
+            assert status["summary_error"].startswith("the summary activity failed: no summary of")
+            assert status["messages"][0] == earlier and status["messages"][1]["role"] == "user"
+            assert status["writes"] == count and status["rejected"] == [] and status["bytes"] <= budget
+            while status["summaries"] == 1:  # the model is back: the next summary carries the name on
+                status = await exchange(f"Note {count}.")
+            assert "the user's name is Alice" in status["messages"][0]["contents"][0]["text"]
+
+        asyncio.run(scenario())
+        state = client.get_orchestration_state(store.instance_id(session_id))
+        assert state is not None and state.runtime_status == OrchestrationStatus.RUNNING
 
     @pytest.mark.timeout(30)
     def test_every_content_type_round_trips(self, client: TaskHubGrpcClient) -> None:
@@ -595,6 +775,13 @@ def test_the_demo_with_its_worker_in_a_separate_process_replaced_between_writes(
     # The small store kept the latest exchanges: it still knows where Alice lives, no longer her name.
     assert seen["small"][3] == "You live in Paris." and seen["small"][4].startswith("I don't know your name")
     assert seen["small_status"]["trimmed"] == 6 and seen["small_status"]["messages"][0]["role"] == "user"
+    # The same budget with summaries: nothing trimmed, the name recalled from the summary the worker process wrote.
+    assert seen["summarized"][3:] == ["You live in Paris.", "Your name is Alice."]
+    status = seen["summarized_status"]
+    assert status["summaries"] >= 2 and status["trimmed"] == status["summary_failures"] == 0
+    assert status["messages"][0]["contents"][0]["text"] == (
+        "Summary of the earlier conversation: the user's name is Alice; the user lives in Paris."
+    )
 
 
 def test_worker_role_without_a_configured_scheduler_is_a_one_line_error(run_script_here: ScriptRunner) -> None:
@@ -622,7 +809,9 @@ def test_the_script_runs_as_a_user_would_and_leaves_nothing_open(run_script: Scr
     out = result.stdout
     assert out.startswith("Backends: model=offline model")
     assert "User: My favorite drink is tea." in out  # the retried note is shown where it is written
-    assert "Agent: Your name is Alice." in out and "Agent: Your favorite drink is tea." in out
+    assert out.count("Agent: Your name is Alice.") == 2  # after the restart, and from the summary
+    assert "Agent: Your favorite drink is tea." in out
+    assert "The history now begins with: Summary of the earlier conversation: the user's name is Alice;" in out
     assert "Refused: session 'alice-" in out
     assert "Ended the demo's history orchestrations" in out
 
@@ -642,13 +831,14 @@ def test_the_role_arguments_of_the_durable_samples_refuse_a_timeout_that_is_not_
 
 @pytest.mark.timeout(120)
 def test_the_store_and_its_orchestrator_work_copied_alone(tmp_path: Path) -> None:
-    """The store and its orchestrator copied from the script, with durable_chat_history.py copied beside them."""
+    """The store and its orchestrator copied from the script, with durable_chat_history.py copied beside them; the
+    copy's worker writes summaries with a stand-in chat client (the framework's summarizer prompt, its own reply)."""
     run_standalone(tmp_path, SCRIPT, PUBLIC_API, STANDALONE_BODY, beside={"durable_chat_history.py": ENGINE})
 
 
 STANDALONE_BODY = """
     import asyncio, socket
-    from agent_framework import Message
+    from agent_framework import ChatResponse, Message
     from durabletask.client import TaskHubGrpcClient
     from durabletask.testing import InMemoryOrchestrationBackend
     from durabletask.worker import TaskHubGrpcWorker
@@ -659,14 +849,18 @@ STANDALONE_BODY = """
         def to_dict(self, **kwargs):
             return {**super().to_dict(**kwargs), "type": "message", "schema_version": 2}
 
+    class Summarizer:  # a stand-in chat client: it counts the lines of the transcript it was asked to summarise
+        async def get_response(self, messages, **kwargs):
+            assert messages[0].text.startswith("**Generate a clear and complete summary")
+            lines = messages[1].text.count(chr(10)) + 1
+            return ChatResponse(messages=[Message("assistant", [f"Summary of {lines} messages."])])
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     backend = InMemoryOrchestrationBackend(port=port)
     backend.start()
     worker = TaskHubGrpcWorker(host_address=f"localhost:{port}")
-    DurableTaskChatMessageStore.register(worker)
-    worker.start()
     client = TaskHubGrpcClient(host_address=f"localhost:{port}")
 
     async def round_trip():
@@ -689,12 +883,25 @@ STANDALONE_BODY = """
             raise AssertionError("a record this version cannot read was stored")
         except ChatHistoryError as error:
             assert "message 'newer' is not one this version reads" in str(error)
+        summarizing = DurableTaskChatMessageStore(client, history_budget_bytes=1_500, summarize=True)
+        for n in range(8):
+            await summarizing.save_messages("session-3", [Message("user", [f"m{n}"]), Message("assistant", ["ok"])])
+        status = await summarizing.read_status("session-3")
+        assert status["summaries"] > 0 and status["trimmed"] == 0 and status["writes"] == 8
+        assert status["messages"][0]["contents"][0]["text"].startswith("Summary of ")
         print("copied store: ok")
 
+    async def main():
+        DurableTaskChatMessageStore.register(worker, summarizer=Summarizer())  # on this loop: summaries run here
+        worker.start()
+        try:
+            await round_trip()
+        finally:
+            await asyncio.to_thread(worker.stop)
+
     try:
-        asyncio.run(round_trip())
+        asyncio.run(main())
     finally:
         client.close()
-        worker.stop()
         backend.stop(grace=0.5)
 """
