@@ -27,7 +27,7 @@ from agent_framework.openai import OpenAIChatCompletionClient
 from durabletask import task
 from durabletask.worker import TaskHubGrpcWorker
 
-from durable_chat_history import ChatHistory, ChatHistoryError, HistoryTimeout
+from durable_chat_history import ChatHistory, ChatHistoryError, HistoryTimeout, InvalidArgument
 from durable_task_chat_message_store import DurableTaskChatMessageStore
 from sample_support import ModelBackend, SchedulerBackend, run_sample
 from sample_support.durable_worker import add_role_arguments, run_store_sample, waiting_notice
@@ -118,6 +118,11 @@ class DurableTaskActivityChatMessageStore(DurableTaskChatMessageStore):
     orchestrator_name: ClassVar[str] = "activity_chat_history_orchestrator"
     instance_prefix: ClassVar[str] = "activity-chat-history-"
     copies_per_write: ClassVar[int] = 3  # the event, the activity's input and its result
+
+    def __init__(self, client: Any, **options: Any) -> None:
+        if options.get("summarize"):  # its orchestrator only trims: a summary would need a metadata row of its own
+            raise InvalidArgument("the activity store does not summarize: use DurableTaskChatMessageStore")
+        super().__init__(client, **options)
 
     @classmethod
     def register(cls, worker: TaskHubGrpcWorker) -> None:

@@ -273,7 +273,7 @@ async def main(role: str = "all", every: int = 4, budget: int = 200_000, timeout
     chat_client = OpenAIChatCompletionClient(**select_model().client_kwargs())
     register = functools.partial(DurableTaskChatMessageStore.register, summarizer=chat_client)
     try:
-        await run_store_sample(role, register=register, demo=conversation, script=SCRIPT, timeout_errors=TIMEOUTS)
+        await run_store_sample(role, register=register, demo=conversation, script=SCRIPT, **ROLE_OPTIONS)
     finally:
         await chat_client.client.close()  # after the worker stopped
     return seen
@@ -281,7 +281,7 @@ async def main(role: str = "all", every: int = 4, budget: int = 200_000, timeout
 
 # The demo's plumbing: its printing and its command line.
 SCRIPT = "durable_task_chat_message_store.py"
-TIMEOUTS = (HistoryTimeout,)
+ROLE_OPTIONS: dict[str, Any] = {"timeout_errors": (HistoryTimeout,), "worker_uses_model": True}  # for summaries
 SMALL_TALK = ("My name is Alice.", "I live in Paris.", "Tell me a joke.", "Where do I live?", "What is my name?")
 
 

@@ -123,17 +123,18 @@ async def run_store_sample(
     demo: Callable[[SchedulerBackend, ModelBackend], Awaitable[None]],
     script: str,
     timeout_errors: tuple[type[Exception], ...] = (),
+    worker_uses_model: bool = False,
 ) -> None:
-    """Run a sample whose worker hosts only a chat message store's orchestration (the agents run in the demo).
+    """Run a sample whose worker hosts a chat message store's orchestration (the agents run in the demo).
 
     `--role all`: a worker and the demo in this process; `--role worker`: only the worker, until stopped;
     `--role client`: only the demo, against the worker of another process (an error of a type in `timeout_errors`
-    then says how to start one). The worker never calls the model.
+    then says how to start one). `worker_uses_model`: the worker's activities call the model (the banner says so).
     """
     if role != "all":
         require_shared_scheduler(role)
     try:
-        async with open_backends(model=role != "worker", scheduler=True) as backends:
+        async with open_backends(model=role != "worker" or worker_uses_model, scheduler=True) as backends:
             assert backends.scheduler is not None
             if role == "client":
                 await demo(backends.scheduler, backends.model)

@@ -227,7 +227,9 @@ class DurableFactory(StoreFactory):
         self.sample = importlib.import_module(self.module)
         self.store_class = getattr(self.sample, self.store_class_name)
         self.errors = (ValueError, importlib.import_module("durable_chat_history").ChatHistoryError)
-        self.byte_budget = self.store_class.__init__.__kwdefaults__["history_budget_bytes"]
+        # The default of the first constructor that names it (the activity store's passes its options through).
+        defaults = (getattr(cls.__init__, "__kwdefaults__", None) or {} for cls in self.store_class.__mro__)
+        self.byte_budget = next(found["history_budget_bytes"] for found in defaults if "history_budget_bytes" in found)
         request.getfixturevalue("durable_worker")
         self.scheduler: SchedulerBackend = request.getfixturevalue("scheduler")
         self.clients: list[Any] = []

@@ -17,7 +17,7 @@ from durabletask import task
 from durabletask.client import TaskHubGrpcClient
 
 import durable_task_activity_chat_message_store as sample
-from durable_chat_history import ChatHistory, HistoryTooLarge
+from durable_chat_history import ChatHistory, HistoryTooLarge, InvalidArgument
 from durable_task_activity_chat_message_store import (
     DurableTaskActivityChatMessageStore,
     EnrichedChatHistory,
@@ -57,6 +57,13 @@ def test_rerunning_the_activity_with_the_same_input_adds_nothing() -> None:
     assert state["bytes"] == sum(
         ChatHistory.size(list(row)) for row in zip(state["messages"], state["metadata"], strict=True)
     )
+
+
+def test_summaries_are_refused_not_silently_ignored(client: TaskHubGrpcClient) -> None:
+    """The chat store's `summarize=True` is inherited, but this store's orchestrator only trims: asking is an error."""
+    with pytest.raises(InvalidArgument, match="does not summarize"):
+        DurableTaskActivityChatMessageStore(client, summarize=True)
+    assert DurableTaskActivityChatMessageStore(client, summarize=False).summarize is False
 
 
 def test_the_sample_imports_only_the_public_api_of_the_chat_store() -> None:
