@@ -23,23 +23,24 @@ from contextlib import contextmanager
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
-# Linux: the C library's prctl(), looked up once here so a forked child only makes the system call.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+# The C library's prctl() (Linux) and signal(), looked up once here so a forked child only makes system calls.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PRCTL = _LIBC.prctl if sys.platform.startswith("linux") else None
 
 
 def child_process_options() -> dict[str, Any]:
-    """`subprocess.Popen` keyword arguments for a test's child: a process group of its own, killed with the tests."""
-    options: dict[str, Any] = {"start_new_session": True}
-    if _PRCTL is not None:
-        prctl, parent = _PRCTL, os.getpid()
+    """`subprocess.Popen` keyword arguments for a test's child: a process group of its own, killed with the tests,
+    and Ctrl+C (SIGINT) acting on it as in a terminal even when the tests run in the background (which ignores it)."""
+    prctl, restore_sigint, parent = _PRCTL, _LIBC.signal, os.getpid()
 
-        def die_with_parent() -> None:
+    def prepare_child() -> None:
+        restore_sigint(signal.SIGINT, 0)  # SIG_DFL: an ignored SIGINT would be inherited, and Python keeps it ignored
+        if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os._exit(1)
 
-        options["preexec_fn"] = die_with_parent
-    return options
+    return {"start_new_session": True, "preexec_fn": prepare_child}
 
 
 def start_child(args: Sequence[str], **popen_options: Any) -> subprocess.Popen[Any]:
