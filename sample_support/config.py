@@ -14,6 +14,8 @@ loaded, so a sample pays only for what it uses.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import logging
 import os
 import signal
@@ -112,6 +114,8 @@ def run_sample(main: Coroutine[Any, Any, Any], *, errors: tuple[type[BaseExcepti
     `errors` lists the sample's own exception types (e.g. its store's): they are reported by their message.
     Any other exception is a bug in the sample and keeps its traceback."""
     received: list[int] = []
+    if not (sys.flags.dev_mode or sys.warnoptions):  # a run checking for leaks (-X dev, -W) keeps the full collection
+        atexit.register(gc.freeze)  # exiting then skips collecting every object the imports made (~0.2 s)
     try:
         _run(main, received)
     except KeyboardInterrupt:
