@@ -874,3 +874,19 @@ def is_running(pid: int) -> bool:
 
 
 # endregion
+
+
+@pytest.mark.parametrize(("flags", "frozen"), [([], True), (["-W", "error::ResourceWarning"], False)])
+def test_the_exit_skips_the_final_collection_unless_the_run_checks_for_leaks(flags: list[str], frozen: bool) -> None:
+    code = """
+        import atexit, gc
+        from sample_support import run_sample
+        atexit.register(lambda: print("frozen objects:", gc.get_freeze_count()))  # runs after run_sample's handler
+        async def main():
+            pass
+        run_sample(main())
+    """
+    result = run_child([sys.executable, *flags, "-c", textwrap.dedent(code)], timeout=30, cwd=REPO_DIR, text=True)
+    assert result.returncode == 0, result.stderr
+    count = int(result.stdout.rsplit(":", 1)[1])
+    assert (count > 0) is frozen  # frozen: the interpreter's exit does not walk the imports' objects
