@@ -69,6 +69,20 @@ def standalone_source(script: str, names: Sequence[str], *, keep_imports_from: C
     return "\n\n".join(parts) + "\n"
 
 
+# Module-level code a body starts with: an embedded scheduler (`backend`) on a free loopback `port`, as a reader's own
+# test would start one. The body connects its worker and client to `localhost:{port}` and stops `backend` at the end.
+EMBEDDED_SCHEDULER = """
+    import socket
+    from durabletask.testing import InMemoryOrchestrationBackend
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = InMemoryOrchestrationBackend(port=port)
+    backend.start()
+"""
+
+
 def run_standalone(
     tmp_path: Path,
     script: str,

@@ -26,7 +26,7 @@ from durable_task_activity_chat_message_store import (
 from sample_support import SchedulerBackend, select_model
 from sample_support.offline_model import OfflineModelServer
 from tests.conftest import REPO_DIR, ScriptRunner, start_worker_process, stop_worker_process, store_worker, unique
-from tests.standalone import run_standalone
+from tests.standalone import EMBEDDED_SCHEDULER, run_standalone
 from tests.test_durable_task_chat_message_store import ENGINE, PUBLIC_API, every_content_type, text_of, tool_exchange
 
 SCRIPT = "durable_task_activity_chat_message_store.py"
@@ -293,22 +293,16 @@ def test_the_activity_store_works_copied_alone_with_the_chat_stores_public_api(t
     """A reader copies durable_chat_history.py and the chat store's public API into their app under the same names,
     and the activity store (with the script's own import lines) next to them; nothing else comes along."""
     beside = {"durable_chat_history.py": ENGINE, "durable_task_chat_message_store.py": PUBLIC_API}
-    run_standalone(tmp_path, SCRIPT, COPYABLE, STANDALONE_BODY, beside=beside)
+    run_standalone(tmp_path, SCRIPT, COPYABLE, EMBEDDED_SCHEDULER + STANDALONE_BODY, beside=beside)
 
 
 STANDALONE_BODY = """
-    import asyncio, socket
+    import asyncio  # after EMBEDDED_SCHEDULER: `port`, `backend`
     from agent_framework import Message
     from durabletask.client import TaskHubGrpcClient
-    from durabletask.testing import InMemoryOrchestrationBackend
     from durabletask.worker import TaskHubGrpcWorker
     from copied import DurableTaskActivityChatMessageStore
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    backend = InMemoryOrchestrationBackend(port=port)
-    backend.start()
     worker = TaskHubGrpcWorker(host_address=f"localhost:{port}")
     DurableTaskActivityChatMessageStore.register(worker)
     worker.start()

@@ -25,7 +25,7 @@ from sample_support.durable_worker import add_role_arguments
 from sample_support.offline_model import OfflineModelServer
 from tests.conftest import ScriptRunner, start_worker_process, stop_worker_process, unique
 from tests.model_probe import ModelProbe
-from tests.standalone import run_standalone
+from tests.standalone import EMBEDDED_SCHEDULER, run_standalone
 
 SCRIPT = "durable_task_chat_message_store.py"
 # durable_chat_history.py, copied whole beside a copied store: the orchestration's state, its steps, the errors.
@@ -833,14 +833,14 @@ def test_the_role_arguments_of_the_durable_samples_refuse_a_timeout_that_is_not_
 def test_the_store_and_its_orchestrator_work_copied_alone(tmp_path: Path) -> None:
     """The store and its orchestrator copied from the script, with durable_chat_history.py copied beside them; the
     copy's worker writes summaries with a stand-in chat client (the framework's summarizer prompt, its own reply)."""
-    run_standalone(tmp_path, SCRIPT, PUBLIC_API, STANDALONE_BODY, beside={"durable_chat_history.py": ENGINE})
+    body, beside = EMBEDDED_SCHEDULER + STANDALONE_BODY, {"durable_chat_history.py": ENGINE}
+    run_standalone(tmp_path, SCRIPT, PUBLIC_API, body, beside=beside)
 
 
 STANDALONE_BODY = """
-    import asyncio, socket
+    import asyncio  # after EMBEDDED_SCHEDULER: `port`, `backend`
     from agent_framework import ChatResponse, Message
     from durabletask.client import TaskHubGrpcClient
-    from durabletask.testing import InMemoryOrchestrationBackend
     from durabletask.worker import TaskHubGrpcWorker
     from copied import DurableTaskChatMessageStore
     from durable_chat_history import ChatHistoryError, HistoryTooLarge
@@ -855,11 +855,6 @@ STANDALONE_BODY = """
             lines = messages[1].text.count(chr(10)) + 1
             return ChatResponse(messages=[Message("assistant", [f"Summary of {lines} messages."])])
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    backend = InMemoryOrchestrationBackend(port=port)
-    backend.start()
     worker = TaskHubGrpcWorker(host_address=f"localhost:{port}")
     client = TaskHubGrpcClient(host_address=f"localhost:{port}")
 

@@ -33,7 +33,7 @@ from sample_support import SchedulerBackend, run_sample, select_model
 from sample_support.offline_model import OFFLINE_MODEL_NAME, OfflineModelServer
 from tests.conftest import REPO_DIR, ScriptRunner, expected_banner, using_real_services
 from tests.local_servers import free_loopback_port, start_child, stop_child
-from tests.standalone import run_standalone, standalone_source
+from tests.standalone import EMBEDDED_SCHEDULER, run_standalone, standalone_source
 
 SCRIPT, ROLES = "durable_task_orchestrated_thread.py", "durable_task_orchestrated_thread_roles.py"
 ERRORS = (sample.ThreadError, sample.InvalidThreadInput)
@@ -934,23 +934,18 @@ def test_the_lesson_works_copied_alone(tmp_path: Path, offline_model: OfflineMod
     hosting = ["AgentTurns", "thread_archive", "new_worker", "read_archive", "read_page"]
     plumbing = standalone_source(ROLES, hosting).replace("\n\n", f"\n{line}\n\n", 1)  # after `from __future__`
     (tmp_path / "thread_worker.py").write_text(plumbing, encoding="utf-8")
-    body = STANDALONE_BODY.replace("MODEL_URL", offline_model.base_url).replace("MODEL_NAME", OFFLINE_MODEL_NAME)
+    body = EMBEDDED_SCHEDULER + STANDALONE_BODY.replace("MODEL_URL", offline_model.base_url)
+    body = body.replace("MODEL_NAME", OFFLINE_MODEL_NAME)
     assert run_standalone(tmp_path, SCRIPT, lesson, body).stdout == "copied thread: ok\n"
 
 
 STANDALONE_BODY = """
-    import asyncio, socket
+    import asyncio  # after EMBEDDED_SCHEDULER: `port`, `backend`
     from durabletask.client import TaskHubGrpcClient
-    from durabletask.testing import InMemoryOrchestrationBackend
     from durabletask.worker import TaskHubGrpcWorker
     from copied import OrchestratedThread
     from thread_worker import AgentTurns, new_worker
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    backend = InMemoryOrchestrationBackend(port=port)
-    backend.start()
     turns = AgentTurns({"model": "MODEL_NAME", "api_key": "offline", "base_url": "MODEL_URL"})
     worker = new_worker(TaskHubGrpcWorker(host_address=f"localhost:{port}"), turns)
     worker.start()
