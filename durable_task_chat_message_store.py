@@ -178,8 +178,8 @@ class DurableTaskChatMessageStore(HistoryProvider):
                 break
             if (waited := time.monotonic() - started) >= self.read_timeout:
                 raise HistoryTimeout(
-                    f"session {session_id!r}: {instance_id} did not show this store's writes within "
-                    f"{self.read_timeout:g} s: is a worker with {self.orchestrator_name} running?"
+                    f"session {session_id!r}: {instance_id} lacks this store's writes after {self.read_timeout:g} s: "
+                    f"is a worker with {self.orchestrator_name}{' and summarize_history' * self.summarize} running?"
                 )
             if self.on_waiting and not noticed and waited >= 1:
                 noticed = True

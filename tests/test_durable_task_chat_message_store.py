@@ -715,16 +715,24 @@ def test_without_a_worker_a_read_fails_with_a_clear_error_instead_of_hanging(cli
     session_id = unique("no-worker")
     said: list[str] = []
 
+    async def read(store: DurableTaskChatMessageStore, session: str, names: str) -> None:
+        await store.save_messages(session, [Message("user", ["hello"])])
+        with pytest.raises(HistoryTimeout, match=f"session '{session}'.* a worker with {names} running"):
+            await store.get_messages(session)
+
     async def scenario() -> None:
         store = DurableTaskChatMessageStore(client, read_timeout=1.5, on_waiting=said.append)
-        await store.save_messages(session_id, [Message("user", ["hello"])])
-        with pytest.raises(HistoryTimeout, match=f"session '{session_id}'.*chat_history_orchestrator"):
-            await store.get_messages(session_id)
+        # A summarizing store also needs the worker's summary activity: the error names both.
+        summarizing = DurableTaskChatMessageStore(client, read_timeout=1.5, summarize=True)
+        both = "chat_history_orchestrator and summarize_history"
+        await asyncio.gather(read(store, session_id, "chat_history_orchestrator"), read(summarizing, other, both))
 
+    other = unique("no-worker-summarizing")
     try:
         asyncio.run(scenario())
     finally:
-        client.terminate_orchestration(f"chat-history-{session_id}", recursive=False)
+        for each in (session_id, other):
+            client.terminate_orchestration(f"chat-history-{each}", recursive=False)
     assert said == [f"a worker with chat_history_orchestrator to apply the writes to session '{session_id}'"]
 
 
