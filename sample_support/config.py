@@ -133,7 +133,7 @@ def run_sample(main: Coroutine[Any, Any, Any], *, errors: tuple[type[BaseExcepti
 
 def _run(main: Coroutine[Any, Any, Any], received: list[int]) -> None:
     async def main_with_sigterm() -> None:
-        # asyncio.run() turns the first Ctrl+C into a cancellation of this task, so `finally` blocks and
+        # asyncio.run() (Python 3.11+) turns the first Ctrl+C into a cancellation of this task, so `finally` blocks and
         # `async with` exits run; SIGTERM (a deployment stopping the process) takes the same path.
         interrupt = signal.getsignal(signal.SIGINT)
 
@@ -147,11 +147,22 @@ def _run(main: Coroutine[Any, Any, Any], received: list[int]) -> None:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             await main
+        except BaseException as error:
+            # Python 3.10's asyncio.run() raises the KeyboardInterrupt inside whatever task runs (on its way out of
+            # the loop already); a task group (httpx's connect) then fails this task with a group of it at shutdown.
+            if not (sys.version_info < (3, 11) and getattr(error, "exceptions", None) and _only_interrupts(error)):
+                raise
         finally:
             signal.signal(signal.SIGTERM, previous)
 
     asyncio.run(main_with_sigterm())
     sys.stdout.flush()  # a closed pipe fails here, inside the handler, not at interpreter exit
+
+
+def _only_interrupts(error: BaseException) -> bool:
+    """A KeyboardInterrupt, or an exception group made only of them."""
+    inner = getattr(error, "exceptions", None)
+    return isinstance(error, KeyboardInterrupt) if inner is None else all(map(_only_interrupts, inner))
 
 
 def _quiet_closed_stdout() -> None:

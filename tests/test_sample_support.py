@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -890,3 +891,15 @@ def test_the_exit_skips_the_final_collection_unless_the_run_checks_for_leaks(fla
     assert result.returncode == 0, result.stderr
     count = int(result.stdout.rsplit(":", 1)[1])
     assert (count > 0) is frozen  # frozen: the interpreter's exit does not walk the imports' objects
+
+
+def test_only_a_group_made_of_interrupts_counts_as_an_interrupt() -> None:
+    """Python 3.10: an interrupt raised inside a task group reaches the sample's task as an exception group."""
+    from sample_support.config import _only_interrupts
+
+    group_type = importlib.import_module("builtins" if sys.version_info >= (3, 11) else "exceptiongroup")
+    group = group_type.BaseExceptionGroup
+    assert _only_interrupts(group("task group", [KeyboardInterrupt(), group("inner", [KeyboardInterrupt()])]))
+    assert _only_interrupts(KeyboardInterrupt())
+    assert not _only_interrupts(group("mixed", [KeyboardInterrupt(), ValueError("a real error")]))
+    assert not _only_interrupts(ValueError("a real error"))
