@@ -80,9 +80,9 @@ from durable_task_orchestrated_thread import OrchestratedThread  # noqa: E402
 from durable_task_orchestrated_thread_roles import AgentTurns, new_worker  # noqa: E402
 from redis_chat_message_store_thread import RedisChatMessageStore  # noqa: E402
 from sample_support import SampleError, SchedulerBackend, run_sample  # noqa: E402
-from sample_support.model import ModelBackend  # noqa: E402
+from sample_support.model import ModelBackend, offline_model  # noqa: E402
 from sample_support.offline_model import OFFLINE_MODEL_NAME, offline_model_server  # noqa: E402
-from sample_support.scheduler import start_embedded_scheduler  # noqa: E402
+from sample_support.scheduler import embedded_scheduler  # noqa: E402
 from tests.local_servers import local_redis_server  # noqa: E402
 from tests.model_probe import ModelProbe  # noqa: E402
 
@@ -1313,14 +1313,7 @@ async def run_all(plan: Plan, ctx: Context, report: Report, probe: ModelProbe) -
 
 @asynccontextmanager
 async def bench_context(redis_url: str | None, directory: Path) -> AsyncIterator[Context]:
-    embedded = start_embedded_scheduler()
-    scheduler = SchedulerBackend(f"127.0.0.1:{embedded.port}", "default", secure_channel=False, embedded=embedded)
-    server = offline_model_server()
-    model = ModelBackend(
-        "offline",
-        f"offline model at {server.base_url}",
-        {"model": OFFLINE_MODEL_NAME, "api_key": "offline", "base_url": server.base_url},
-    )
+    scheduler, model = embedded_scheduler(), offline_model()
     recorder = Recorder()
     agent_turns = TimedAgentTurns(model.client_kwargs(), recorder)
     worker = new_worker(scheduler.worker(), agent_turns)

@@ -88,6 +88,11 @@ def select_model() -> ModelBackend:
             api_key, auth = entra_id_token_provider(), "Entra ID"
         kwargs = {"model": model, "api_key": api_key, "base_url": base_url}
         return ModelBackend("azure", f"Azure OpenAI {model} ({endpoint}, {auth})", kwargs, timeout)
+    return offline_model(timeout)
+
+
+def offline_model(timeout: float = DEFAULT_TIMEOUT_SECONDS) -> ModelBackend:
+    """The offline model (its server started on first use), whatever the environment configures."""
     from .offline_model import OFFLINE_MODEL_NAME, offline_model_server
 
     server = offline_model_server()

@@ -270,5 +270,10 @@ def select_scheduler() -> SchedulerBackend:
         address, secure = parse_endpoint(endpoint)
         credential = azure_credential() if secure else None
         return SchedulerBackend(address, taskhub, secure, credential, endpoint=endpoint)
+    return embedded_scheduler(taskhub)
+
+
+def embedded_scheduler(taskhub: str = "default") -> SchedulerBackend:
+    """An embedded scheduler on a free loopback port, whatever the environment configures."""
     embedded = start_embedded_scheduler()
     return SchedulerBackend(f"127.0.0.1:{embedded.port}", taskhub, secure_channel=False, embedded=embedded)

@@ -42,10 +42,10 @@ from durabletask.entities import EntityInstanceId  # noqa: E402
 from bench.measure import cell, machine_description, median, percentile, ratio_cell, table, verdict  # noqa: E402
 from durable_task_orchestrated_thread import OrchestratedThread  # noqa: E402
 from durable_task_orchestrated_thread_roles import AgentTurns, new_worker  # noqa: E402
-from sample_support import SampleError, SchedulerBackend, run_sample  # noqa: E402
-from sample_support.model import ModelBackend  # noqa: E402
+from sample_support import SampleError, run_sample  # noqa: E402
+from sample_support.model import offline_model  # noqa: E402
 from sample_support.offline_model import OFFLINE_MODEL_NAME, offline_model_server  # noqa: E402
-from sample_support.scheduler import start_embedded_scheduler  # noqa: E402
+from sample_support.scheduler import embedded_scheduler  # noqa: E402
 from tests.model_probe import ModelProbe  # noqa: E402
 
 RESULTS = REPO_DIR / "bench" / "results" / "peer_durable_agent.md"
@@ -107,14 +107,7 @@ async def timed(row: Row, reads: Counted, call: Callable[[], Any]) -> str:
 
 
 async def run(turns: int, default_turns: int) -> tuple[list[Row], float]:
-    embedded = start_embedded_scheduler()
-    scheduler = SchedulerBackend(f"127.0.0.1:{embedded.port}", "default", secure_channel=False, embedded=embedded)
-    server = offline_model_server()
-    model = ModelBackend(
-        "offline",
-        f"offline model at {server.base_url}",
-        {"model": OFFLINE_MODEL_NAME, "api_key": "offline", "base_url": server.base_url},
-    )
+    scheduler, model = embedded_scheduler(), offline_model()
     ours_turns = SessionSizes(model.client_kwargs())
     worker = new_worker(scheduler.worker(), ours_turns)
     peer_client = OpenAIChatCompletionClient(**model.client_kwargs())
@@ -131,7 +124,7 @@ async def run(turns: int, default_turns: int) -> tuple[list[Row], float]:
     slow = Row("official DurableAIAgent, its default poll_interval_seconds=1.0")
     thread = OrchestratedThread(ours_client, f"peer-bench-{uuid.uuid4().hex[:8]}")
     start = time.perf_counter()
-    with ModelProbe(server) as probe:
+    with ModelProbe(offline_model_server()) as probe:
         try:
             thread.start()
             fast_agent = DurableAIAgentClient(
