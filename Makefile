@@ -31,7 +31,7 @@ samples: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest -n 2
 
-# Not part of the two README commands: every benchmark in one run (~14 min on 2 cores), each writing its table to
+# Not part of the two README commands: every benchmark in one run (~17 min on 2 cores), each writing its table to
 # bench/results/: the per-turn benchmark, our orchestrated thread beside the official durable agent, and the wall
 # times of the samples and of three consecutive `make test` runs.
 bench: $(BENCH_INSTALLED) $(PEER_INSTALLED)

@@ -19,6 +19,8 @@ import textwrap
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
+from tests.local_servers import run_child
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 # What a copied class may import besides the standard library: the framework's packages and their clients.
 ALLOWED_PACKAGES = frozenset(
@@ -104,13 +106,7 @@ def run_standalone(
     (tmp_path / "copied.py").write_text(standalone_source(script, names, keep_imports_from=ours), encoding="utf-8")
     (tmp_path / "check.py").write_text(textwrap.dedent(body), encoding="utf-8")
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    process = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "check.py"],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "check.py"]
+    process = run_child(command, timeout=timeout, cwd=tmp_path, env=environment, text=True)  # dies with the tests
     assert process.returncode == 0, f"the copied code failed on its own:\n{process.stdout}\n{process.stderr}"
     return process
