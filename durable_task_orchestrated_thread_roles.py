@@ -107,7 +107,7 @@ def read_archive(client: Any, thread_id: str, status: dict[str, Any], timeout: f
     """The archive of a thread whose custom status is `status`: the messages of its kept pages in order, and how many
     older ones were forgotten. An entity applies a signal a moment after the orchestration step that sent it, so this
     waits (up to `timeout` s) until every page holds what the status says was sent to it."""
-    pages, messages, start = status.get("archive", []), list[dict[str, Any]](), time.monotonic()
+    pages, messages, start = status.get("archive", []), [], time.monotonic()
     for number, count, _ in pages:
         while len(page := read_page(client, f"{thread_id}:{number}")) < count:
             if (waited := time.monotonic() - start) > timeout:
